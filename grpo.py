@@ -1,0 +1,944 @@
+"""Group Relative Policy Optimization (GRPO) for Stable-Baselines3.
+
+GRPO (Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300) replaces PPO's learned critic with a group baseline:
+several samples that share a starting point are compared with each other, and each one's advantage is its
+reward normalised within the group. In an environment a *group* is ``group_size`` episodes reset with one
+shared seed, so they start from the same state and differ only by the actions the policy sampled.
+"""
+
+import copy
+from collections.abc import Callable, Generator, Sequence
+from typing import Any, ClassVar, NamedTuple, TypeVar
+
+import gymnasium as gym
+import numpy as np
+import torch as th
+from gymnasium import spaces
+from stable_baselines3.common.buffers import RolloutBuffer
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.policies import (
+    ActorCriticCnnPolicy,
+    ActorCriticPolicy,
+    BasePolicy,
+    MultiInputActorCriticPolicy,
+)
+from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
+from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
+from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+
+SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
+
+RewardFunction = Callable[[Any, th.Tensor, Any], th.Tensor]
+Observation = np.ndarray | dict[str, np.ndarray]
+
+ADVANTAGE_MODES = ("outcome", "process")
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Policies: SB3's actor-critic policies, minus the critic
+# --------------------------------------------------------------------------------------------------------------
+
+
+class _NoCritic:
+    """GRPO never trains the value head that SB3's actor-critic policies carry, so it refuses to answer."""
+
+    def predict_values(self, obs: th.Tensor | TensorDict) -> th.Tensor:
+        raise NotImplementedError(
+            "GRPO trains no critic: its advantages come from group comparisons, so the policy has no value "
+            "estimate. Use PPO or A2C if you need V(s)."
+        )
+
+
+class GRPOPolicy(_NoCritic, ActorCriticPolicy):
+    """``MlpPolicy``: SB3's ``ActorCriticPolicy`` whose value head is left empty (``vf=[]``) and unused."""
+
+    def __init__(self, *args: Any, net_arch: list[int] | dict[str, list[int]] | None = None, **kwargs: Any):
+        # The value network would only be dead weight; keep the actor at SB3's default size.
+        super().__init__(*args, net_arch=net_arch or {"pi": [64, 64], "vf": []}, **kwargs)
+
+
+class GRPOCnnPolicy(_NoCritic, ActorCriticCnnPolicy):
+    """``CnnPolicy``: SB3's ``ActorCriticCnnPolicy`` without a usable critic."""
+
+
+class GRPOMultiInputPolicy(_NoCritic, MultiInputActorCriticPolicy):
+    """``MultiInputPolicy`` (Dict observations): SB3's ``MultiInputActorCriticPolicy`` without a usable critic."""
+
+    def __init__(self, *args: Any, net_arch: list[int] | dict[str, list[int]] | None = None, **kwargs: Any):
+        super().__init__(*args, net_arch=net_arch or {"pi": [64, 64], "vf": []}, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Group starts: every member of a group is reset with the group's seed
+# --------------------------------------------------------------------------------------------------------------
+
+
+class GroupResetWrapper(gym.Wrapper):
+    """Lets GRPO choose the seed of an environment's next reset, including the VecEnv's automatic resets.
+
+    GRPO installs it itself on ``DummyVecEnv`` environments. For ``SubprocVecEnv`` build the envs with it:
+    ``make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=GroupResetWrapper)``.
+    """
+
+    def __init__(self, env: gym.Env):
+        super().__init__(env)
+        self._next_seed: int | None = None
+
+    def set_next_reset_seed(self, seed: int) -> None:
+        self._next_seed = seed
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
+        # GRPO's group seed wins over any seed the VecEnv forwards: the group layout depends on it.
+        if self._next_seed is not None:
+            seed, self._next_seed = self._next_seed, None
+        return self.env.reset(seed=seed, options=options)
+
+
+def install_group_reset(env: VecEnv) -> None:
+    """Make sure every sub-environment of ``env`` is wrapped in :class:`GroupResetWrapper`."""
+    if all(env.env_is_wrapped(GroupResetWrapper)):
+        return
+    base = env.unwrapped
+    if not isinstance(base, DummyVecEnv):
+        raise ValueError(
+            f"GRPO resets every member of a group with the group's seed, and cannot add that hook to the "
+            f"sub-environments of a {type(base).__name__}. Create it with "
+            "`make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=grpo.GroupResetWrapper)`."
+        )
+    base.envs = [env_i if _is_wrapped(env_i) else GroupResetWrapper(env_i) for env_i in base.envs]
+
+
+def _is_wrapped(env: gym.Env) -> bool:
+    while isinstance(env, gym.Wrapper):
+        if isinstance(env, GroupResetWrapper):
+            return True
+        env = env.env
+    return False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Advantages (pure functions, one per supervision mode)
+# --------------------------------------------------------------------------------------------------------------
+
+
+class GroupStats(NamedTuple):
+    n_groups: int
+    zero_std_groups: int
+
+
+def _group_scale(
+    values: np.ndarray, groups: np.ndarray, scale_rewards: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-element group mean and divisor, and which groups hold equal values.
+
+    ``groups`` are dense ids 0..K-1. The std is the unbiased one, as TRL's GRPOTrainer computes it.
+    """
+    n_groups = int(groups.max()) + 1
+    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
+    mean = np.bincount(groups, weights=values, minlength=n_groups) / counts
+    sq_dev = np.bincount(groups, weights=(values - mean[groups]) ** 2, minlength=n_groups)
+    group_std = np.sqrt(sq_dev / np.maximum(counts - 1, 1))
+    zero_std = group_std <= 1e-8 * np.maximum(1.0, np.abs(mean))
+    if scale_rewards == "group":  # DeepSeekMath: z-score within the group
+        divisor = group_std[groups]
+    elif scale_rewards == "batch":  # TRL scale_rewards="batch": one std over the whole rollout
+        divisor = np.full_like(values, values.std(ddof=1) if len(values) > 1 else 0.0)
+    else:  # Dr. GRPO (Liu et al. 2025): no std division, which biases towards low-variance groups
+        divisor = np.ones_like(values)
+    return mean[groups], divisor, zero_std
+
+
+def _normalize(values: np.ndarray, groups: np.ndarray, scale_rewards: str) -> tuple[np.ndarray, GroupStats]:
+    mean, divisor, zero_std = _group_scale(values, groups, scale_rewards)
+    normalized = (values - mean) / (divisor + 1e-8)
+    # A group whose members all scored the same carries no signal: exactly zero, not rounding noise.
+    normalized[zero_std[groups]] = 0.0
+    return normalized, GroupStats(len(zero_std), int(zero_std.sum()))
+
+
+def discounted_cumsum(values: np.ndarray, episode_starts: np.ndarray, gamma: float) -> np.ndarray:
+    """Return-to-go ``sum_k gamma^k values[t+k]`` within each episode of a flat, time-ordered array."""
+    out = np.empty_like(values, dtype=np.float64)
+    running = 0.0
+    for t in range(len(values) - 1, -1, -1):
+        running = values[t] + gamma * running
+        out[t] = running
+        if episode_starts[t]:
+            running = 0.0
+    return out
+
+
+def outcome_advantages(
+    rewards: np.ndarray,
+    episodes: np.ndarray,
+    episode_groups: np.ndarray,
+    gamma: float,
+    scale_rewards: str = "group",
+) -> tuple[np.ndarray, GroupStats]:
+    """Outcome supervision (DeepSeekMath 4.1.2): an episode's discounted return, z-scored within its group,
+    is the advantage of every one of its steps.
+
+    :param rewards: per-step rewards, flat and time-ordered within each episode
+    :param episodes: dense episode id (0..E-1) of each step, episodes contiguous
+    :param episode_groups: dense group id (0..K-1) of each episode
+    """
+    starts = np.r_[True, episodes[1:] != episodes[:-1]]
+    step = np.arange(len(rewards)) - np.maximum.accumulate(np.where(starts, np.arange(len(rewards)), 0))
+    returns = np.bincount(episodes, weights=rewards * gamma**step, minlength=len(episode_groups))
+    episode_advantages, stats = _normalize(returns, episode_groups, scale_rewards)
+    return episode_advantages[episodes], stats
+
+
+def process_advantages(
+    rewards: np.ndarray,
+    episodes: np.ndarray,
+    episode_groups: np.ndarray,
+    gamma: float,
+    scale_rewards: str = "group",
+) -> tuple[np.ndarray, GroupStats]:
+    """Process supervision (DeepSeekMath 4.1.3): every step reward is normalised against all step rewards of
+    its group, and a step's advantage is the (``gamma``-discounted) sum of the normalised rewards from it on."""
+    normalized, stats = _normalize(rewards, episode_groups[episodes], scale_rewards)
+    starts = np.r_[True, episodes[1:] != episodes[:-1]]
+    return discounted_cumsum(normalized, starts, gamma), stats
+
+
+ADVANTAGE_FUNCTIONS = {"outcome": outcome_advantages, "process": process_advantages}
+
+
+def k3_kl(log_prob: th.Tensor, ref_log_prob: th.Tensor) -> th.Tensor:
+    """Per-sample estimate of KL(pi || pi_ref): r - log r - 1 with r = pi_ref / pi (Schulman, "Approximating
+    KL Divergence", 2020; the estimator of DeepSeekMath eq. 4). Unbiased and never negative."""
+    log_ratio = ref_log_prob - log_prob
+    return th.exp(log_ratio) - log_ratio - 1.0
+
+
+def clipped_surrogate_loss(
+    ratio: th.Tensor, advantages: th.Tensor, clip_low: float, clip_high: float
+) -> th.Tensor:
+    """PPO's clipped objective (negated, averaged over steps) with DAPO's decoupled upper clip
+    (Yu et al. 2025, "clip-higher": ``1 + clip_high`` lets unlikely good actions grow faster)."""
+    unclipped = advantages * ratio
+    clipped = advantages * th.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    # Step-level mean over the mini-batch (DAPO's token-level loss), not a per-episode mean that would
+    # weight the steps of short episodes more.
+    return -th.min(unclipped, clipped).mean()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rollout buffer: in-flight episodes until their whole group is done, then a flat training batch
+# --------------------------------------------------------------------------------------------------------------
+
+
+class GroupRolloutBufferSamples(NamedTuple):
+    observations: th.Tensor | TensorDict
+    actions: th.Tensor
+    old_log_prob: th.Tensor
+    advantages: th.Tensor
+    ref_log_prob: th.Tensor
+
+
+def _obs_map(fn: Callable[[np.ndarray], Any], obs: Observation) -> Any:
+    return {key: fn(value) for key, value in obs.items()} if isinstance(obs, dict) else fn(obs)
+
+
+def _obs_concat(chunks: Sequence[Observation]) -> Observation:
+    if isinstance(chunks[0], dict):
+        return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+    return np.concatenate(chunks)
+
+
+class GroupRolloutBuffer(RolloutBuffer):
+    """Rollout buffer for GRPO.
+
+    Steps are recorded per environment slot into the episode that slot is running. A group's data becomes
+    trainable only once all ``group_size`` of its episodes ended; until then (possibly across rollouts) it
+    stays in flight. :meth:`release_complete_groups` turns the finished groups into a flat batch, ordered by
+    episode and time, which :meth:`get` serves in shuffled mini-batches after the algorithm has filled in
+    ``rewards`` and ``advantages``.
+
+    :param observation_space: Observation space
+    :param action_space: Action space
+    :param device: PyTorch device the training batch lives on
+    :param n_envs: Number of environment slots
+    :param group_size: Number of episodes in a group
+    :param store_next_obs: Keep next observations too (needed by custom reward functions)
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        device: th.device | str = "auto",
+        n_envs: int = 1,
+        group_size: int = 8,
+        store_next_obs: bool = False,
+    ):
+        self.group_size = group_size
+        self.store_next_obs = store_next_obs
+        # buffer_size is meaningless here: a batch is as long as its groups' episodes.
+        super().__init__(1, observation_space, action_space, device=device, n_envs=n_envs)
+        self.clear_in_flight()
+
+    def reset(self) -> None:
+        """Drop the training batch (in-flight episodes are kept)."""
+        self.size = 0
+        self.observations: Observation | None = None
+        self.next_observations: Observation | None = None
+        self.actions = np.zeros((0, self.action_dim), dtype=np.float32)
+        self.env_rewards = np.zeros(0, dtype=np.float32)
+        self.log_probs = np.zeros(0, dtype=np.float32)
+        self.rewards = np.zeros(0, dtype=np.float32)
+        self.advantages = np.zeros(0, dtype=np.float32)
+        self.ref_log_probs: np.ndarray | None = None
+        self.episodes = np.zeros(0, dtype=np.int64)
+        self.episode_groups = np.zeros(0, dtype=np.int64)
+        self.full = False
+        self.generator_ready = False
+
+    def clear_in_flight(self) -> None:
+        """Forget unfinished episodes, e.g. when the environment is reset under them."""
+        self._chunks: dict[str, list[Any]] = {key: [] for key in self._chunk_keys()}
+        self._next_episode_id = 0
+        self._slot_episode = np.full(self.n_envs, -1, dtype=np.int64)
+        self._episode_group: dict[int, int] = {}
+        self._episode_length: dict[int, int] = {}
+        self._group_done: dict[int, int] = {}
+        self._group_steps: dict[int, int] = {}
+        self.ready_steps = 0
+
+    @staticmethod
+    def _chunk_keys() -> tuple[str, ...]:
+        return ("obs", "next_obs", "actions", "env_rewards", "log_probs", "episodes", "steps")
+
+    def start_episode(self, slot: int, group: int) -> None:
+        episode = self._next_episode_id
+        self._next_episode_id += 1
+        self._slot_episode[slot] = episode
+        self._episode_group[episode] = group
+        self._episode_length[episode] = 0
+        self._group_done.setdefault(group, 0)
+        self._group_steps.setdefault(group, 0)
+
+    def add(  # type: ignore[override]
+        self,
+        obs: Observation,
+        action: np.ndarray,
+        reward: np.ndarray,
+        log_prob: th.Tensor,
+        next_obs: Observation | None = None,
+    ) -> None:
+        """Record one VecEnv step (one transition per slot)."""
+        episodes = self._slot_episode.copy()
+        steps = np.array([self._episode_length[e] for e in episodes])
+        for episode in episodes:
+            self._episode_length[episode] += 1
+        chunk = {
+            "obs": _obs_map(np.copy, obs),
+            "next_obs": _obs_map(np.copy, next_obs) if self.store_next_obs and next_obs is not None else None,
+            "actions": np.asarray(action).reshape(self.n_envs, self.action_dim).astype(np.float32),
+            "env_rewards": np.asarray(reward, dtype=np.float32).reshape(self.n_envs),
+            "log_probs": log_prob.detach().cpu().numpy().reshape(self.n_envs).astype(np.float32),
+            "episodes": episodes,
+            "steps": steps,
+        }
+        for key, value in chunk.items():
+            self._chunks[key].append(value)
+
+    def finish_episode(self, slot: int) -> None:
+        episode = int(self._slot_episode[slot])
+        group = self._episode_group[episode]
+        self._group_done[group] += 1
+        self._group_steps[group] += self._episode_length[episode]
+        if self._group_done[group] == self.group_size:
+            self.ready_steps += self._group_steps[group]
+
+    def release_complete_groups(self) -> None:
+        """Move every complete group into the training batch; keep the rest in flight."""
+        self.reset()
+        complete = {g for g, done in self._group_done.items() if done == self.group_size}
+        if not complete or not self._chunks["episodes"]:
+            return
+        episodes = np.concatenate(self._chunks["episodes"])
+        steps = np.concatenate(self._chunks["steps"])
+        groups = np.array([self._episode_group[e] for e in episodes])
+        ready = np.isin(groups, list(complete))
+        # Group by episode, then by time inside each episode.
+        order = np.flatnonzero(ready)[np.lexsort((steps[ready], episodes[ready]))]
+        keep = np.flatnonzero(~ready)
+
+        flat = {
+            key: (_obs_concat(chunks) if key in ("obs", "next_obs") else np.concatenate(chunks))
+            for key, chunks in self._chunks.items()
+            if chunks and chunks[0] is not None
+        }
+        take = {key: _obs_map(lambda a, idx=order: a[idx], value) for key, value in flat.items()}
+        self._chunks = {key: [] for key in self._chunk_keys()}
+        if len(keep):
+            for key in self._chunk_keys():
+                self._chunks[key].append(_obs_map(lambda a, idx=keep: a[idx], flat[key]) if key in flat else None)
+
+        # Dense ids for the released episodes and groups, as the advantage functions expect.
+        _, self.episodes = np.unique(take["episodes"], return_inverse=True)
+        released_episodes = np.unique(take["episodes"])
+        _, self.episode_groups = np.unique(
+            [self._episode_group[e] for e in released_episodes], return_inverse=True
+        )
+        for episode in released_episodes:
+            del self._episode_group[episode], self._episode_length[episode]
+        for group in complete:
+            del self._group_done[group], self._group_steps[group]
+        self.ready_steps = 0
+
+        self.observations = take["obs"]
+        self.next_observations = take.get("next_obs")
+        self.actions = take["actions"]
+        self.env_rewards = take["env_rewards"]
+        self.log_probs = take["log_probs"]
+        self.size = len(order)
+        self.full = True
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.episode_groups.max()) + 1 if self.size else 0
+
+    def observation_tensor(self, indices: np.ndarray | slice | None = None) -> th.Tensor | TensorDict:
+        assert self.observations is not None
+        index = slice(None) if indices is None else indices
+        return obs_as_tensor(_obs_map(lambda a: a[index], self.observations), self.device)
+
+    def get(self, batch_size: int | None = None) -> Generator[GroupRolloutBufferSamples, None, None]:  # type: ignore[override]
+        assert self.full, "release_complete_groups() first"
+        indices = np.random.permutation(self.size)
+        batch_size = batch_size or self.size
+        for start in range(0, self.size, batch_size):
+            yield self._get_samples(indices[start : start + batch_size])
+
+    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> GroupRolloutBufferSamples:  # type: ignore[override]
+        ref = self.ref_log_probs if self.ref_log_probs is not None else self.log_probs
+        return GroupRolloutBufferSamples(
+            observations=self.observation_tensor(batch_inds),
+            actions=self.to_torch(self.actions[batch_inds]),
+            old_log_prob=self.to_torch(self.log_probs[batch_inds]),
+            advantages=self.to_torch(self.advantages[batch_inds]),
+            ref_log_prob=self.to_torch(ref[batch_inds]),
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The algorithm
+# --------------------------------------------------------------------------------------------------------------
+
+
+class GRPO(OnPolicyAlgorithm):
+    """
+    Group Relative Policy Optimization (GRPO), critic-free.
+
+    Paper: DeepSeekMath, https://arxiv.org/abs/2402.03300; clip-higher from DAPO, https://arxiv.org/abs/2503.14476;
+    unscaled advantages from Dr. GRPO, https://arxiv.org/abs/2503.20783.
+    Each group is ``group_size`` episodes started from the same state (one reset seed); each episode is judged
+    against its own group. Groups are spread over the VecEnv's slots: whenever a slot's episode ends, the
+    slot starts the next episode of the oldest group that still needs members.
+
+    :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
+    :param env: The environment to learn from (if registered in Gym, can be str). A ``DummyVecEnv`` of any size
+        works as is; a ``SubprocVecEnv`` must wrap its envs in :class:`GroupResetWrapper`
+    :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
+    :param n_steps: Minimum number of steps per environment slot in one update: a rollout goes on until the
+        complete groups hold at least ``n_steps * n_envs`` steps (or the budget is spent)
+    :param batch_size: Minibatch size
+    :param n_epochs: Number of epochs when optimizing the surrogate loss
+    :param group_size: Number of episodes per group (G); at least 2
+    :param gamma: Discount factor of the returns that are compared within a group
+    :param advantage: ``"outcome"``: an episode's return, normalised in its group, for all its steps;
+        ``"process"``: step rewards normalised in the group, advantage = their return-to-go
+    :param scale_rewards: Divide by the std of the ``"group"`` (DeepSeekMath), of the whole ``"batch"``, or
+        ``"none"`` (Dr. GRPO)
+    :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
+    :param clip_range_high: Upper clipping parameter (DAPO clip-higher); ``None``: same as ``clip_range``
+    :param beta: Coefficient of the k3 KL penalty against the reference policy; 0 skips the reference entirely
+    :param ref_update_interval: The reference policy is replaced by the current one every this many updates
+        (iterative GRPO); ``None`` keeps the initial policy as reference
+    :param ent_coef: Entropy coefficient for the loss calculation
+    :param max_grad_norm: The maximum value for the gradient clipping
+    :param target_kl: Limit the KL divergence between updates (early stop of the epoch loop), as in SB3's PPO
+    :param reward_function: ``None`` to use the environment's reward, or a batched callable
+        ``(state, action, next_state) -> Tensor[batch, 1]`` (or a list of them), evaluated once per rollout on
+        the algorithm's device
+    :param reward_weights: Weights of the reward functions (default: 1 each)
+    :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
+    :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
+    :param stats_window_size: Window size for the rollout logging (episodes averaged in ``rollout/ep_rew_mean``)
+    :param tensorboard_log: the log location for tensorboard (if None, no logging)
+    :param policy_kwargs: additional arguments to be passed to the policy on creation
+    :param verbose: Verbosity level: 0 for no output, 1 for info messages, 2 for debug messages
+    :param seed: Seed for the pseudo random generators (network, sampling and the groups' reset seeds)
+    :param device: Device (cpu, cuda, ...) on which the code should be run ("auto": CUDA when available)
+    :param _init_setup_model: Whether or not to build the network at the creation of the instance
+    """
+
+    policy_aliases: ClassVar[dict[str, type[BasePolicy]]] = {
+        "MlpPolicy": GRPOPolicy,
+        "CnnPolicy": GRPOCnnPolicy,
+        "MultiInputPolicy": GRPOMultiInputPolicy,
+    }
+    rollout_buffer: GroupRolloutBuffer
+
+    def __init__(
+        self,
+        policy: str | type[ActorCriticPolicy],
+        env: GymEnv | str,
+        learning_rate: float | Schedule = 3e-4,
+        n_steps: int = 256,
+        batch_size: int = 64,
+        n_epochs: int = 10,
+        group_size: int = 8,
+        gamma: float = 0.99,
+        advantage: str = "outcome",
+        scale_rewards: str = "group",
+        clip_range: float | Schedule = 0.2,
+        clip_range_high: float | Schedule | None = None,
+        beta: float = 0.0,
+        ref_update_interval: int | None = 10,
+        ent_coef: float = 0.0,
+        max_grad_norm: float = 0.5,
+        target_kl: float | None = None,
+        reward_function: RewardFunction | Sequence[RewardFunction] | None = None,
+        reward_weights: Sequence[float] | None = None,
+        use_sde: bool = False,
+        sde_sample_freq: int = -1,
+        stats_window_size: int = 100,
+        tensorboard_log: str | None = None,
+        policy_kwargs: dict[str, Any] | None = None,
+        verbose: int = 0,
+        seed: int | None = None,
+        device: th.device | str = "auto",
+        _init_setup_model: bool = True,
+    ):
+        super().__init__(
+            policy,
+            env,
+            learning_rate=learning_rate,
+            n_steps=n_steps,
+            gamma=gamma,
+            gae_lambda=1.0,  # no GAE: there is no value function to bootstrap from
+            ent_coef=ent_coef,
+            vf_coef=0.0,  # no critic
+            max_grad_norm=max_grad_norm,
+            use_sde=use_sde,
+            sde_sample_freq=sde_sample_freq,
+            rollout_buffer_class=GroupRolloutBuffer,
+            stats_window_size=stats_window_size,
+            tensorboard_log=tensorboard_log,
+            policy_kwargs=policy_kwargs,
+            verbose=verbose,
+            seed=seed,
+            device=device,
+            _init_setup_model=False,
+            supported_action_spaces=(spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary),
+        )
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.group_size = group_size
+        self.advantage = advantage
+        self.scale_rewards = scale_rewards
+        self.clip_range = clip_range
+        self.clip_range_high = clip_range_high
+        self.beta = beta
+        self.ref_update_interval = ref_update_interval
+        self.target_kl = target_kl
+        self.reward_function = reward_function
+        self.reward_weights = reward_weights
+        self._n_policy_updates = 0  # train() calls, for the reference refresh
+        self._check_arguments()
+        if _init_setup_model:
+            self._setup_model()
+
+    def _check_arguments(self) -> None:
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
+        if self.advantage not in ADVANTAGE_MODES:
+            raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
+        if self.scale_rewards not in SCALE_REWARDS:
+            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+        if self.n_steps < 1 or self.batch_size < 1 or self.n_epochs < 1:
+            raise ValueError("n_steps, batch_size and n_epochs must all be positive")
+        if self.beta < 0:
+            raise ValueError(f"beta must be non-negative, got {self.beta}")
+        if self.ref_update_interval is not None and self.ref_update_interval < 1:
+            raise ValueError(f"ref_update_interval must be positive or None, got {self.ref_update_interval}")
+        functions = self._reward_functions()
+        for fn in functions:
+            if not callable(fn):
+                raise ValueError(f"reward_function entries must be callable, got {fn!r}")
+        if self.reward_weights is not None and len(self.reward_weights) != len(functions):
+            raise ValueError(
+                f"reward_weights has {len(self.reward_weights)} entries for {len(functions)} reward functions"
+            )
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(  # type: ignore[assignment]
+            self.observation_space, self.action_space, self.lr_schedule, use_sde=self.use_sde, **self.policy_kwargs
+        )
+        self.policy = self.policy.to(self.device)
+        self._maybe_recommend_cpu(GRPOPolicy.__name__)
+        self.rollout_buffer = GroupRolloutBuffer(
+            self.observation_space,
+            self.action_space,
+            device=self.device,
+            n_envs=self.n_envs,
+            group_size=self.group_size,
+            store_next_obs=bool(self._reward_functions()),
+        )
+        self.clip_range = FloatSchedule(self.clip_range)
+        if self.clip_range_high is not None:
+            self.clip_range_high = FloatSchedule(self.clip_range_high)
+        self.ref_policy = self._make_reference()
+        # Group reset seeds come from their own generator so that the same seed gives the same groups.
+        self._group_rng = np.random.default_rng(self.seed)
+        self._open_group = -1
+        self._open_group_seed = 0
+        self._open_group_left = 0
+        self._slot_next_start: list[tuple[int, int]] = []
+        if self.env is not None:
+            install_group_reset(self.env)
+
+    def _make_reference(self) -> BasePolicy | None:
+        if self.beta == 0:
+            return None
+        reference = copy.deepcopy(self.policy)
+        reference.set_training_mode(False)
+        reference.requires_grad_(False)
+        return reference
+
+    def _excluded_save_params(self) -> list[str]:
+        # The reference policy is rebuilt from the trained policy on load.
+        return [*super()._excluded_save_params(), "ref_policy", "_group_rng", "_slot_next_start"]
+
+    def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        super().set_env(env, force_reset=force_reset)
+        install_group_reset(self.env)  # type: ignore[arg-type]
+        if self.rollout_buffer.n_envs != self.n_envs:
+            self.rollout_buffer = GroupRolloutBuffer(
+                self.observation_space,
+                self.action_space,
+                device=self.device,
+                n_envs=self.n_envs,
+                group_size=self.group_size,
+                store_next_obs=bool(self._reward_functions()),
+            )
+
+    # ---------------------------------------------------------------------------------------- group starts --
+
+    def _reserve_episode_start(self) -> tuple[int, int]:
+        """The (group, reset seed) of the next episode to start: fill the open group, then open a new one."""
+        if self._open_group_left == 0:
+            self._open_group += 1
+            self._open_group_seed = int(self._group_rng.integers(0, 2**31 - 1))
+            self._open_group_left = self.group_size
+        self._open_group_left -= 1
+        return self._open_group, self._open_group_seed
+
+    def _reserve_next_start(self, slot: int) -> None:
+        """Pick the slot's next episode now: a VecEnv resets a finished env within the same ``step`` call."""
+        group, seed = self._reserve_episode_start()
+        self._slot_next_start[slot] = (group, seed)
+        assert self.env is not None
+        self.env.env_method("set_next_reset_seed", seed, indices=[slot])
+
+    def _begin_episode(self, slot: int) -> None:
+        self.rollout_buffer.start_episode(slot, self._slot_next_start[slot][0])
+        self._reserve_next_start(slot)
+
+    def _setup_learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        reset_num_timesteps: bool = True,
+        tb_log_name: str = "run",
+        progress_bar: bool = False,
+    ) -> tuple[int, BaseCallback]:
+        env_reset = reset_num_timesteps or self._last_obs is None
+        if env_reset:
+            assert self.env is not None
+            self.rollout_buffer.clear_in_flight()
+            self._open_group_left = 0  # a half-filled group would mix reset seeds
+            self._slot_next_start = [(0, 0)] * self.env.num_envs
+            for slot in range(self.env.num_envs):
+                self._reserve_next_start(slot)
+        total_timesteps, callback = super()._setup_learn(
+            total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
+        )
+        if env_reset:
+            for slot in range(self.env.num_envs):  # type: ignore[union-attr]
+                self._begin_episode(slot)
+        return total_timesteps, callback
+
+    # ------------------------------------------------------------------------------------------- rollouts --
+
+    def collect_rollouts(
+        self,
+        env: VecEnv,
+        callback: BaseCallback,
+        rollout_buffer: RolloutBuffer,
+        n_rollout_steps: int,
+    ) -> bool:
+        """Step the envs until complete groups hold ``n_rollout_steps * n_envs`` steps (or the budget is spent),
+        then score them and compute their group-relative advantages."""
+        assert self._last_obs is not None, "No previous observation was provided"
+        assert isinstance(rollout_buffer, GroupRolloutBuffer)
+        self.policy.set_training_mode(False)
+        rollout_buffer.reset()
+        if self.use_sde:
+            self.policy.reset_noise(env.num_envs)
+
+        callback.on_rollout_start()
+        n_steps = 0
+        min_ready_steps = n_rollout_steps * env.num_envs
+        while rollout_buffer.ready_steps < min_ready_steps and self.num_timesteps < self._total_timesteps:
+            if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
+                self.policy.reset_noise(env.num_envs)
+
+            with th.no_grad():
+                obs_tensor = obs_as_tensor(self._last_obs, self.device)  # type: ignore[arg-type]
+                # The actor alone: GRPO has no value to compute.
+                distribution = self.policy.get_distribution(obs_tensor)
+                actions_t = distribution.get_actions()
+                log_probs = distribution.log_prob(actions_t)
+            actions = actions_t.cpu().numpy()
+            new_obs, rewards, dones, infos = env.step(self._env_actions(actions))
+            self.num_timesteps += env.num_envs
+
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+            self._update_info_buffer(infos, dones)
+            n_steps += 1
+
+            next_obs = self._true_next_obs(new_obs, dones, infos) if rollout_buffer.store_next_obs else None
+            rollout_buffer.add(self._last_obs, actions, rewards, log_probs, next_obs)  # type: ignore[arg-type]
+            for slot in np.flatnonzero(dones):
+                rollout_buffer.finish_episode(slot)
+                self._begin_episode(slot)
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+
+        rollout_buffer.release_complete_groups()
+        if rollout_buffer.size:
+            self._compute_advantages(rollout_buffer)
+
+        callback.update_locals(locals())
+        callback.on_rollout_end()
+        return True
+
+    def _env_actions(self, actions: np.ndarray) -> np.ndarray:
+        """Actions as the environment takes them (SB3's convention: clip, or unscale squashed actions)."""
+        if isinstance(self.action_space, spaces.Box):
+            if self.policy.squash_output:
+                return self.policy.unscale_action(actions)
+            return np.clip(actions, self.action_space.low, self.action_space.high)
+        return actions
+
+    @staticmethod
+    def _true_next_obs(new_obs: Observation, dones: np.ndarray, infos: list[dict]) -> Observation:
+        """``new_obs`` holds the first observation of the next episode where one ended: put the real last one."""
+        next_obs = _obs_map(np.copy, new_obs)
+        for slot in np.flatnonzero(dones):
+            terminal = infos[slot].get("terminal_observation")
+            if terminal is None:
+                continue
+            if isinstance(next_obs, dict):
+                for key in next_obs:
+                    next_obs[key][slot] = terminal[key]
+            else:
+                next_obs[slot] = terminal
+        return next_obs
+
+    # ----------------------------------------------------------------------------------------- advantages --
+
+    def _reward_functions(self) -> list[RewardFunction]:
+        if self.reward_function is None:
+            return []
+        if callable(self.reward_function):
+            return [self.reward_function]
+        return list(self.reward_function)
+
+    def _compute_rewards(self, buffer: GroupRolloutBuffer) -> np.ndarray:
+        """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
+        functions = self._reward_functions()
+        if not functions:
+            return buffer.env_rewards.astype(np.float64)
+        assert buffer.next_observations is not None
+        state = buffer.observation_tensor()
+        next_state = obs_as_tensor(buffer.next_observations, self.device)
+        env_actions = self._env_actions(buffer.actions)
+        if isinstance(self.action_space, spaces.Discrete):
+            env_actions = env_actions.reshape(-1)
+        action = th.as_tensor(env_actions, device=self.device)
+        if isinstance(self.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+            action = action.long()
+        weights = self.reward_weights or [1.0] * len(functions)
+        total = th.zeros(buffer.size, device=self.device, dtype=th.float64)
+        with th.no_grad():
+            for fn, weight in zip(functions, weights, strict=True):
+                total += weight * self._checked_reward(fn, fn(state, action, next_state), buffer.size)
+        return total.cpu().numpy()
+
+    def _checked_reward(self, fn: RewardFunction, reward: Any, batch: int) -> th.Tensor:
+        name = getattr(fn, "__name__", repr(fn))
+        if not isinstance(reward, th.Tensor):
+            raise ValueError(f"reward function {name!r} returned {type(reward).__name__}, expected a torch.Tensor")
+        if tuple(reward.shape) not in ((batch, 1), (batch,)):
+            raise ValueError(
+                f"reward function {name!r} returned shape {tuple(reward.shape)}, expected ({batch}, 1) "
+                "(one reward per transition)"
+            )
+        if not reward.is_floating_point():
+            raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
+        if reward.device.type != self.device.type or (
+            reward.device.index is not None and self.device.index is not None and reward.device.index != self.device.index
+        ):
+            raise ValueError(
+                f"reward function {name!r} returned a tensor on {reward.device}, expected {self.device} "
+                "(build it from the inputs, which are already there)"
+            )
+        if not th.isfinite(reward).all():
+            raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
+        return reward.reshape(batch).to(th.float64)
+
+    def _compute_advantages(self, buffer: GroupRolloutBuffer) -> None:
+        buffer.rewards = self._compute_rewards(buffer)
+        advantages, stats = ADVANTAGE_FUNCTIONS[self.advantage](
+            buffer.rewards, buffer.episodes, buffer.episode_groups, self.gamma, self.scale_rewards
+        )
+        buffer.advantages = advantages.astype(np.float32)
+        if self.ref_policy is not None:
+            buffer.ref_log_probs = self._log_probs_of(self.ref_policy, buffer)
+        self.logger.record("rollout/groups", stats.n_groups)
+        self.logger.record("rollout/zero_std_groups", stats.zero_std_groups)
+        self.logger.record("rollout/frac_zero_std_groups", stats.zero_std_groups / max(stats.n_groups, 1))
+        self.logger.record("rollout/group_steps", buffer.size)
+        self.logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
+
+    def _log_probs_of(self, policy: BasePolicy, buffer: GroupRolloutBuffer) -> np.ndarray:
+        out = np.empty(buffer.size, dtype=np.float32)
+        with th.no_grad():
+            for start in range(0, buffer.size, 4096):
+                idx = np.arange(start, min(start + 4096, buffer.size))
+                dist = policy.get_distribution(buffer.observation_tensor(idx))  # type: ignore[operator]
+                actions = self._policy_actions(buffer.to_torch(buffer.actions[idx]))
+                out[idx] = dist.log_prob(actions).cpu().numpy()
+        return out
+
+    def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
+        if isinstance(self.action_space, spaces.Discrete):
+            return actions.long().flatten()
+        return actions
+
+    # ------------------------------------------------------------------------------------------- training --
+
+    def train(self) -> None:
+        """Update the policy on the released groups with the clipped surrogate loss (+ k3 KL penalty)."""
+        buffer = self.rollout_buffer
+        if buffer.size == 0:
+            # The budget ran out before any group finished: nothing to learn from.
+            return
+        self.policy.set_training_mode(True)
+        self._update_learning_rate(self.policy.optimizer)
+        clip_low = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
+        clip_high = (
+            clip_low if self.clip_range_high is None else self.clip_range_high(self._current_progress_remaining)  # type: ignore[operator]
+        )
+
+        pg_losses, entropy_losses, kl_refs, clip_fractions, approx_kl_divs = [], [], [], [], []
+        continue_training = True
+        for epoch in range(self.n_epochs):
+            for batch in buffer.get(self.batch_size):
+                if self.use_sde:
+                    self.policy.reset_noise(len(batch.advantages))
+                distribution = self.policy.get_distribution(batch.observations)
+                actions = self._policy_actions(batch.actions)
+                log_prob = distribution.log_prob(actions)
+                entropy = distribution.entropy()
+
+                log_ratio = log_prob - batch.old_log_prob
+                ratio = th.exp(log_ratio)
+                policy_loss = clipped_surrogate_loss(ratio, batch.advantages, clip_low, clip_high)
+                # Entropy bonus; without an analytical form, -log pi estimates it (as in SB3's PPO).
+                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+                loss = policy_loss + self.ent_coef * entropy_loss
+                if self.ref_policy is not None:
+                    kl_ref = k3_kl(log_prob, batch.ref_log_prob).mean()
+                    loss = loss + self.beta * kl_ref
+                    kl_refs.append(kl_ref.item())
+
+                with th.no_grad():
+                    # Schulman's k3 again, between the rollout policy and the current one (SB3 PPO's approx_kl)
+                    approx_kl = th.mean((ratio - 1) - log_ratio).item()
+                pg_losses.append(policy_loss.item())
+                entropy_losses.append(entropy_loss.item())
+                clip_fractions.append(
+                    th.mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float()).item()
+                )
+                approx_kl_divs.append(approx_kl)
+                if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
+                    continue_training = False
+                    if self.verbose >= 1:
+                        print(f"Early stopping at step {epoch} due to reaching max kl: {approx_kl:.2f}")
+                    break
+
+                self.policy.optimizer.zero_grad()
+                loss.backward()
+                th.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+            self._n_updates += 1
+            if not continue_training:
+                break
+
+        self._refresh_reference()
+        self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
+        self.logger.record("train/entropy_loss", np.mean(entropy_losses))
+        self.logger.record("train/approx_kl", np.mean(approx_kl_divs))
+        self.logger.record("train/clip_fraction", np.mean(clip_fractions))
+        self.logger.record("train/loss", loss.item())
+        if kl_refs:
+            self.logger.record("train/kl_ref", np.mean(kl_refs))
+        if hasattr(self.policy, "log_std"):
+            self.logger.record("train/std", th.exp(self.policy.log_std).mean().item())
+        self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
+        self.logger.record("train/clip_range", clip_low)
+        self.logger.record("train/clip_range_high", clip_high)
+
+    def _refresh_reference(self) -> None:
+        """Iterative GRPO (DeepSeekMath 4.2): the reference follows the policy every few updates."""
+        if self.ref_policy is None or self.ref_update_interval is None:
+            return
+        self._n_policy_updates += 1
+        if self._n_policy_updates % self.ref_update_interval == 0:
+            self.ref_policy.load_state_dict(self.policy.state_dict())
+
+    def learn(
+        self: SelfGRPO,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "GRPO",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> SelfGRPO:
+        return super().learn(
+            total_timesteps=total_timesteps,
+            callback=callback,
+            log_interval=log_interval,
+            tb_log_name=tb_log_name,
+            reset_num_timesteps=reset_num_timesteps,
+            progress_bar=progress_bar,
+        )
+
+    def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
+        return ["policy", "policy.optimizer"], []
+
