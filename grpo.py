@@ -215,9 +215,7 @@ def k3_kl(log_prob: th.Tensor, ref_log_prob: th.Tensor) -> th.Tensor:
     return th.exp(log_ratio) - log_ratio - 1.0
 
 
-def clipped_surrogate_loss(
-    ratio: th.Tensor, advantages: th.Tensor, clip_low: float, clip_high: float
-) -> th.Tensor:
+def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_low: float, clip_high: float) -> th.Tensor:
     """PPO's clipped objective (negated, averaged over steps) with DAPO's decoupled upper clip
     (Yu et al. 2025, "clip-higher": ``1 + clip_high`` lets unlikely good actions grow faster)."""
     unclipped = advantages * ratio
@@ -238,6 +236,11 @@ class GroupRolloutBufferSamples(NamedTuple):
     old_log_prob: th.Tensor
     advantages: th.Tensor
     ref_log_prob: th.Tensor
+
+
+def _same_device(a: th.device, b: th.device) -> bool:
+    # th.device("cuda") and th.device("cuda:0") name the same card
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
 def _obs_map(fn: Callable[[np.ndarray], Any], obs: Observation) -> Any:
@@ -383,9 +386,7 @@ class GroupRolloutBuffer(RolloutBuffer):
         # Dense ids for the released episodes and groups, as the advantage functions expect.
         _, self.episodes = np.unique(take["episodes"], return_inverse=True)
         released_episodes = np.unique(take["episodes"])
-        _, self.episode_groups = np.unique(
-            [self._episode_group[e] for e in released_episodes], return_inverse=True
-        )
+        _, self.episode_groups = np.unique([self._episode_group[e] for e in released_episodes], return_inverse=True)
         for episode in released_episodes:
             del self._episode_group[episode], self._episode_length[episode]
         for group in complete:
@@ -799,9 +800,7 @@ class GRPO(OnPolicyAlgorithm):
             )
         if not reward.is_floating_point():
             raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
-        if reward.device.type != self.device.type or (
-            reward.device.index is not None and self.device.index is not None and reward.device.index != self.device.index
-        ):
+        if not _same_device(reward.device, self.device):
             raise ValueError(
                 f"reward function {name!r} returned a tensor on {reward.device}, expected {self.device} "
                 "(build it from the inputs, which are already there)"
@@ -881,9 +880,7 @@ class GRPO(OnPolicyAlgorithm):
                     approx_kl = th.mean((ratio - 1) - log_ratio).item()
                 pg_losses.append(policy_loss.item())
                 entropy_losses.append(entropy_loss.item())
-                clip_fractions.append(
-                    th.mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float()).item()
-                )
+                clip_fractions.append(th.mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float()).item())
                 approx_kl_divs.append(approx_kl)
                 if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
                     continue_training = False
@@ -941,4 +938,3 @@ class GRPO(OnPolicyAlgorithm):
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []
-
