@@ -1,0 +1,464 @@
+"""The GRPO training and serving service: ``create_app(settings)`` builds the FastAPI application.
+
+Routes are grouped by resource (root and health, training, inference, models, reward functions). The state they
+share (database, model store, job runner) is made in the app's lifespan and reached through typed dependencies.
+Domain errors raised anywhere below are turned into HTTP status codes in one place, ``ERROR_STATUS``.
+
+Run it with ``python run_api.py``; Swagger UI is at ``/docs`` and ReDoc at ``/redoc``.
+"""
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import anyio
+import numpy as np
+import torch as th
+from fastapi import APIRouter, Body, Depends, FastAPI, Path, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from gymnasium import spaces
+from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from grpo import GRPO
+from jobs import (
+    InvalidTrainingRequest,
+    JobNotActive,
+    JobNotFound,
+    JobRunner,
+    UnknownEnvironment,
+    environment_spaces,
+)
+from rewards import REWARD_FUNCTIONS, describe
+from schemas import (
+    BatchInferenceResponse,
+    DeleteResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    HealthResponse,
+    InferenceRequest,
+    InferenceResponse,
+    JobList,
+    JobStatus,
+    JobSummary,
+    ModelInfo,
+    ModelList,
+    ModelSummary,
+    RewardFunctionInfo,
+    RewardFunctionList,
+    RootResponse,
+    StopResponse,
+    TrainingConfig,
+    TrainRequest,
+    TrainResponse,
+)
+from settings import Settings
+from store import (
+    MODEL_NAME_PATTERN,
+    Database,
+    InvalidName,
+    JobRecord,
+    ModelBusy,
+    ModelCache,
+    ModelExists,
+    ModelNotFound,
+    ModelRecord,
+    ModelStore,
+    ServiceError,
+    utcnow,
+)
+
+__all__ = ["REWARD_FUNCTIONS", "create_app"]
+
+VERSION = "1.0.0"
+logger = logging.getLogger("grpo.api")
+
+
+class InvalidObservation(ServiceError):
+    pass
+
+
+# Every domain error and the status code a client sees for it; the first matching class wins.
+ERROR_STATUS: dict[type[ServiceError], int] = {
+    ModelNotFound: 404,
+    JobNotFound: 404,
+    ModelExists: 409,
+    ModelBusy: 409,
+    JobNotActive: 409,
+    InvalidName: 400,
+    InvalidTrainingRequest: 400,
+    UnknownEnvironment: 400,
+    InvalidObservation: 400,
+}
+
+
+# dependencies
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_store(request: Request) -> ModelStore:
+    return request.app.state.store
+
+
+def get_runner(request: Request) -> JobRunner:
+    return request.app.state.runner
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[ModelStore, Depends(get_store)]
+RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+ModelNameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
+
+
+# error handlers
+
+
+async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 400)
+    return JSONResponse({"detail": exc.detail}, status_code=status)
+
+
+async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    # FastAPI's own handler echoes the input, which fails to encode when it holds NaN and can be huge.
+    errors = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+    return JSONResponse({"detail": errors}, status_code=422)
+
+
+async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    logger.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+# root and health
+
+root_router = APIRouter(tags=["health"])
+
+
+@root_router.get("/", response_model=RootResponse)
+async def root() -> RootResponse:
+    return RootResponse(
+        message="GRPO API Server",
+        version=VERSION,
+        endpoints={
+            "train": "POST /train",
+            "inference": "POST /inference",
+            "health": "GET /health",
+            "models": "GET /models",
+            "jobs": "GET /training/jobs",
+            "job_status": "GET /training/{job_id}/status",
+            "stop": "POST /training/{job_id}/stop",
+            "model": "GET /models/{model_name}",
+            "download": "GET /models/{model_name}/download",
+            "evaluate": "POST /models/{model_name}/evaluate",
+            "delete": "DELETE /models/{model_name}",
+            "reward_functions": "GET /reward-functions",
+            "docs": "GET /docs",
+        },
+    )
+
+
+@root_router.get("/health", response_model=HealthResponse)
+async def health(runner: RunnerDep, store: StoreDep) -> HealthResponse:
+    running, queued = runner.counts()
+    return HealthResponse(
+        status="healthy",
+        timestamp=utcnow(),
+        active_jobs=running,
+        queued_jobs=queued,
+        loaded_models=len(store.cache),
+    )
+
+
+# training
+
+training_router = APIRouter(tags=["training"])
+
+
+@training_router.post("/train", response_model=TrainResponse)
+def train(runner: RunnerDep, request: Annotated[TrainRequest | None, Body()] = None) -> TrainResponse:
+    # No body at all trains with every default, like an empty one.
+    record, config, position = runner.submit(request or TrainRequest())
+    message = "Training started" if position == 0 else f"Training queued (position {position})"
+    return TrainResponse(job_id=record.job_id, message=message, config=config)
+
+
+@training_router.get("/training/jobs", response_model=JobList)
+def list_jobs(runner: RunnerDep) -> JobList:
+    return JobList(jobs=[JobSummary(**_summary_fields(record)) for record in runner.list()])
+
+
+@training_router.get("/training/{job_id}/status", response_model=JobStatus)
+def job_status(job_id: str, runner: RunnerDep) -> JobStatus:
+    record = runner.get(job_id)
+    return JobStatus(
+        **_summary_fields(record),
+        current_timesteps=record.current_timesteps,
+        total_timesteps=record.total_timesteps,
+        start_time=record.start_time,
+        end_time=record.end_time,
+        error_message=record.error_message,
+        message=record.message,
+        model_saved=record.model_saved,
+        metrics=record.metrics,
+        config=TrainingConfig(**record.config),
+    )
+
+
+@training_router.post("/training/{job_id}/stop", response_model=StopResponse)
+def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
+    record = runner.stop(job_id)
+    message = "Training job stopped"
+    if record.model_saved:
+        message += f"; the model trained so far ({record.current_timesteps} timesteps) is saved"
+    return StopResponse(
+        message=message,
+        job_id=record.job_id,
+        status=record.status,
+        current_timesteps=record.current_timesteps,
+        model_saved=record.model_saved,
+        model_name=record.model_name,
+    )
+
+
+def _summary_fields(record: JobRecord) -> dict[str, Any]:
+    return {
+        "job_id": record.job_id,
+        "status": record.status,
+        "progress": record.progress,
+        "model_name": record.model_name,
+        "env_name": record.env_name,
+        "created_at": record.created_at,
+    }
+
+
+# inference
+
+inference_router = APIRouter(tags=["inference"])
+
+
+def observation_batch(model: GRPO, observations: Any, model_name: str) -> np.ndarray:
+    """Check observations against the model's observation space; returns them as one batch array."""
+    space = model.observation_space
+    try:
+        batch = np.asarray(observations, dtype=np.float32)
+    except ValueError:
+        raise InvalidObservation("Observations must be arrays of numbers, all of the same shape") from None
+    expected = tuple(space.shape or ())
+    shape = batch.shape[1:]
+    if isinstance(space, spaces.Discrete) and shape == (1,):
+        batch, shape = batch[:, 0], ()  # [3] for a Discrete observation 3
+    if shape != expected:
+        raise InvalidObservation(
+            f"Model {model_name!r} expects observations of shape {list(expected)}, got {list(shape)}"
+        )
+    if not np.isfinite(batch).all():
+        raise InvalidObservation("Observations must be finite numbers within float32 range")
+    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
+        if not (batch == np.round(batch)).all():
+            raise InvalidObservation(f"Model {model_name!r} expects integer observations")
+        batch = batch.astype(space.dtype)
+        if not all(space.contains(observation) for observation in batch):
+            raise InvalidObservation(f"Observations out of the range of {space}")
+    return batch
+
+
+def predict(model: GRPO, batch: np.ndarray, deterministic: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Actions for a batch of observations, and each action's probability where the space is Discrete."""
+    if isinstance(model.action_space, spaces.Discrete):
+        # One forward pass gives both the action and the probabilities the document returns with it.
+        observation, _ = model.policy.obs_to_tensor(batch)
+        with th.no_grad():
+            distribution = model.policy.get_distribution(observation)
+            actions = distribution.get_actions(deterministic=deterministic)
+            probabilities = distribution.distribution.probs
+        return actions.cpu().numpy(), probabilities.cpu().numpy()
+    actions, _ = model.predict(batch, deterministic=deterministic)
+    return actions, None
+
+
+def action_json(action: np.ndarray, space: spaces.Space) -> Any:
+    if isinstance(space, spaces.Discrete):
+        return int(action)
+    if isinstance(space, spaces.Box):
+        return action.astype(float).tolist()
+    return action.astype(int).tolist()
+
+
+@inference_router.post("/inference", response_model=InferenceResponse | BatchInferenceResponse)
+def inference(request: InferenceRequest, store: StoreDep) -> InferenceResponse | BatchInferenceResponse:
+    model = store.load(request.model_name)
+    single = request.observations is None
+    raw = [request.observation] if single else request.observations
+    batch = observation_batch(model, raw, request.model_name)
+    actions, probabilities = predict(model, batch, request.deterministic)
+    if single:
+        return InferenceResponse(
+            action=action_json(actions[0], model.action_space),
+            action_probs=probabilities[0].tolist() if probabilities is not None else None,
+            value=None,  # GRPO has no critic
+        )
+    return BatchInferenceResponse(
+        actions=[action_json(action, model.action_space) for action in actions],
+        action_probs=probabilities.tolist() if probabilities is not None else None,
+    )
+
+
+# models
+
+models_router = APIRouter(tags=["models"])
+
+
+def _model_summary(record: ModelRecord, store: ModelStore) -> dict[str, Any]:
+    return {
+        "name": record.name,
+        "status": "loaded" if store.is_loaded(record.name) else "saved",
+        "env_name": record.env_name,
+        "size_bytes": record.size_bytes,
+        "created_at": record.created_at,
+    }
+
+
+@models_router.get("/models", response_model=ModelList)
+def list_models(store: StoreDep) -> ModelList:
+    return ModelList(models=[ModelSummary(**_model_summary(record, store)) for record in store.list()])
+
+
+@models_router.get("/models/{model_name}", response_model=ModelInfo)
+def model_info(model_name: ModelNameParam, store: StoreDep) -> ModelInfo:
+    record = store.info(model_name)
+    return ModelInfo(
+        **_model_summary(record, store),
+        job_id=record.job_id,
+        observation_space=record.observation_space,
+        action_space=record.action_space,
+        hyperparameters=record.hyperparameters,
+        metrics=record.metrics,
+        timesteps=record.timesteps,
+    )
+
+
+@models_router.get(
+    "/models/{model_name}/download",
+    response_class=Response,
+    responses={200: {"content": {"application/zip": {}}, "description": "The model's SB3 zip"}},
+)
+def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
+    return Response(
+        store.read_bytes(model_name),
+        media_type="application/zip",
+        headers={"Content-Disposition": f'attachment; filename="{model_name}.zip"'},
+    )
+
+
+@models_router.post("/models/{model_name}/evaluate", response_model=EvaluateResponse)
+def evaluate_model(
+    model_name: ModelNameParam,
+    store: StoreDep,
+    request: Annotated[EvaluateRequest | None, Body()] = None,
+) -> EvaluateResponse:
+    request = request or EvaluateRequest()
+    model = store.load(model_name)
+    env_name = request.env_name or store.info(model_name).env_name
+    if env_name is None:
+        raise InvalidTrainingRequest(f"Model {model_name!r} has no recorded environment; give env_name")
+    observation_space, action_space = environment_spaces(env_name)
+    if observation_space.shape != model.observation_space.shape or action_space != model.action_space:
+        raise InvalidTrainingRequest(f"Model {model_name!r} does not fit the spaces of {env_name!r}")
+    env = make_vec_env(env_name, n_envs=1, seed=request.seed)
+    try:
+        returns, lengths = evaluate_policy(
+            model,
+            env,
+            n_eval_episodes=request.n_episodes,
+            deterministic=request.deterministic,
+            return_episode_rewards=True,
+            warn=False,
+        )
+    finally:
+        env.close()
+    return EvaluateResponse(
+        model_name=model_name,
+        env_name=env_name,
+        n_episodes=request.n_episodes,
+        mean_return=float(np.mean(returns)),
+        std_return=float(np.std(returns)),
+        mean_length=float(np.mean(lengths)),
+        returns=[float(value) for value in returns],
+    )
+
+
+@models_router.delete("/models/{model_name}", response_model=DeleteResponse)
+def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep) -> DeleteResponse:
+    runner.ensure_not_training(model_name)
+    store.delete(model_name)
+    return DeleteResponse(message=f"Model {model_name} deleted", model_name=model_name)
+
+
+# reward functions
+
+reward_functions_router = APIRouter(tags=["reward functions"])
+
+
+@reward_functions_router.get("/reward-functions", response_model=RewardFunctionList)
+async def reward_functions() -> RewardFunctionList:
+    return RewardFunctionList(
+        reward_functions=[
+            RewardFunctionInfo(
+                name=name,
+                description=describe(fn),
+                observation_shape=_shape(getattr(fn, "observation_shape", None)),
+            )
+            for name, fn in REWARD_FUNCTIONS.items()
+        ]
+    )
+
+
+def _shape(shape: tuple[int, ...] | None) -> list[int] | None:
+    return list(shape) if shape is not None else None
+
+
+# the application
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.torch_threads is not None:
+            th.set_num_threads(settings.torch_threads)
+        db = Database(settings.db_path)
+        store = ModelStore(
+            settings.models_dir, db, ModelCache(settings.cache_max_models, settings.cache_max_bytes), settings.device
+        )
+        runner = JobRunner(db, store, settings)
+        runner.recover()
+        app.state.settings, app.state.store, app.state.runner = settings, store, runner
+        logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
+        try:
+            yield
+        finally:
+            # Stopping jobs waits for their threads; keep the event loop free meanwhile.
+            await anyio.to_thread.run_sync(runner.shutdown)
+            db.close()
+
+    app = FastAPI(
+        title="GRPO API",
+        version=VERSION,
+        description="Train GRPO (Group Relative Policy Optimization) policies on Gymnasium environments and "
+        "serve their actions.",
+        lifespan=lifespan,
+    )
+    app.add_exception_handler(ServiceError, service_error_handler)
+    app.add_exception_handler(RequestValidationError, validation_error_handler)
+    app.add_exception_handler(Exception, unexpected_error_handler)
+    for router in (root_router, training_router, inference_router, models_router, reward_functions_router):
+        app.include_router(router)
+    return app

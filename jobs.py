@@ -1,0 +1,452 @@
+"""Training jobs: checking a request, queueing it, running GRPO in the background, and stopping it on demand.
+
+A job goes ``queued`` -> ``running`` -> ``completed`` | ``failed`` | ``stopped``; a job the server was running or
+holding when it went down is ``interrupted``. Jobs run on an ``Executor``: here a thread pool of
+``max_concurrent_jobs`` threads whose queue is first in, first out. Another backend (a cluster) only has to
+implement ``submit`` and ``shutdown``.
+"""
+
+import difflib
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gymnasium as gym
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.env_util import make_vec_env
+
+from grpo import GRPO
+from rewards import REWARD_FUNCTIONS, fits
+from schemas import TrainingConfig, TrainRequest
+from settings import Settings
+from store import (
+    Database,
+    JobRecord,
+    JobState,
+    ModelBusy,
+    ModelExists,
+    ModelRecord,
+    ModelStore,
+    ServiceError,
+    finite_metrics,
+    utcnow,
+)
+
+logger = logging.getLogger("grpo.jobs")
+
+# Progress reaches the database at most this often; status requests read the live values in between.
+PROGRESS_WRITE_INTERVAL_S = 1.0
+SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+
+
+class InvalidTrainingRequest(ServiceError):
+    pass
+
+
+class UnknownEnvironment(ServiceError):
+    pass
+
+
+class JobNotFound(ServiceError):
+    pass
+
+
+class JobNotActive(ServiceError):
+    pass
+
+
+class StopTraining(Exception):
+    """Raised from inside ``train()`` so a stop takes effect within one gradient step."""
+
+
+def environment_spaces(env_name: str) -> tuple[spaces.Space, spaces.Space]:
+    """The observation and action spaces of a registered gymnasium environment, or a helpful error."""
+    # Only registered ids: gym.make would import any "module:Env" string it is given.
+    if env_name not in gym.registry:
+        close = difflib.get_close_matches(env_name, list(gym.registry), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(repr(name) for name in close)}?" if close else ""
+        raise UnknownEnvironment(f"Unknown environment {env_name!r}{hint}")
+    try:
+        env = gym.make(env_name)
+    except Exception as error:  # anything a third-party constructor throws is a bad choice of environment
+        raise UnknownEnvironment(f"Environment {env_name!r} cannot be created here: {error}") from error
+    try:
+        return env.observation_space, env.action_space
+    finally:
+        env.close()
+
+
+def _check_request(request: TrainRequest, settings: Settings) -> spaces.Space:
+    if request.total_timesteps > settings.max_total_timesteps:
+        raise InvalidTrainingRequest(
+            f"total_timesteps {request.total_timesteps} exceeds this server's maximum of {settings.max_total_timesteps}"
+        )
+    observation_space, action_space = environment_spaces(request.env_name)
+    if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
+        raise InvalidTrainingRequest(f"Observation space {observation_space} is not supported")
+    if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
+        raise InvalidTrainingRequest(f"Action space {action_space} is not supported")
+    return observation_space
+
+
+def _default_reward_function(env_name: str) -> str:
+    # The document's default is a CartPole reward; on any other environment it would score nonsense.
+    return "optimized_cartpole" if env_name.startswith("CartPole") else "env"
+
+
+def _check_reward_function(name: str, observation_space: spaces.Space) -> None:
+    if name not in REWARD_FUNCTIONS:
+        raise InvalidTrainingRequest(
+            f"Unknown reward function {name!r}; available: {', '.join(sorted(REWARD_FUNCTIONS))}"
+        )
+    shape = tuple(observation_space.shape or ())
+    if not fits(REWARD_FUNCTIONS[name], shape):
+        raise InvalidTrainingRequest(
+            f"Reward function {name!r} does not fit observations of shape {list(shape)}; "
+            "use 'env' for the environment's own reward"
+        )
+
+
+def _generated_model_name(env_name: str, job_id: str) -> str:
+    return f"grpo_{re.sub(r'[^A-Za-z0-9_.-]', '_', env_name)[:40]}_{job_id[:8]}"
+
+
+def build_model(config: TrainingConfig, device: str) -> GRPO:
+    """The GRPO model a job trains, on freshly made environments."""
+    env = make_vec_env(config.env_name, n_envs=config.n_envs, seed=config.seed)
+    return GRPO(
+        "MlpPolicy",
+        env,
+        learning_rate=config.learning_rate,
+        n_steps=config.n_steps,
+        batch_size=config.batch_size,
+        n_epochs=config.n_epochs,
+        group_size=config.group_size,
+        gamma=config.gamma,
+        advantage=config.advantage,
+        scale_rewards=config.scale_rewards,
+        clip_range=config.clip_range,
+        clip_range_high=config.clip_range_high,
+        beta=config.beta,
+        ent_coef=config.ent_coef,
+        max_grad_norm=config.max_grad_norm,
+        target_kl=config.target_kl,
+        reward_function=REWARD_FUNCTIONS[config.reward_function_type],
+        policy_kwargs={"net_arch": config.net_arch} if config.net_arch is not None else None,
+        seed=config.seed,
+        device=device,
+    )
+
+
+class Executor(Protocol):
+    """Where jobs run. ``submit`` must start work in the order given once capacity frees up."""
+
+    def submit(self, work: Callable[[], None]) -> None: ...
+
+    def shutdown(self) -> None:
+        """Drop work not yet started and wait for the running work to return."""
+        ...
+
+
+class ThreadExecutor:
+    """Jobs on background threads of this process, at most ``max_workers`` at once, the rest in FIFO order."""
+
+    def __init__(self, max_workers: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpo-job")
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._pool.submit(work)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ActiveJob:
+    """What the runner knows of a queued or running job beyond its database record."""
+
+    record: JobRecord
+    config: TrainingConfig
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    finished: threading.Event = field(default_factory=threading.Event)
+    started: bool = False
+    shutting_down: bool = False
+    timesteps: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class JobCallback(BaseCallback):
+    """Reports a job's progress and metrics, and stops its training when asked."""
+
+    def __init__(self, job: ActiveJob, report: Callable[[ActiveJob], None]) -> None:
+        super().__init__()
+        self.job = job
+        self.report = report
+        self._hook: Any = None
+        self._start_time = 0.0
+        self._start_timesteps = 0
+
+    def _init_callback(self) -> None:
+        self._start_time = time.monotonic()
+        self._start_timesteps = self.model.num_timesteps
+        # Callbacks only run during rollouts; this hook also stops a long update between two gradient steps.
+        self._hook = self.model.policy.optimizer.register_step_pre_hook(self._stop_between_gradient_steps)
+
+    def _stop_between_gradient_steps(self, *_: Any) -> None:
+        if self.job.stop_requested.is_set():
+            raise StopTraining
+
+    def detach(self) -> None:
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _on_step(self) -> bool:
+        self.job.timesteps = self.num_timesteps
+        return not self.job.stop_requested.is_set()
+
+    def _on_rollout_start(self) -> None:
+        # train() runs after the previous rollout's callbacks, so its train/* values are readable only now.
+        self._read_metrics()
+        self.report(self.job)
+
+    def _on_rollout_end(self) -> None:
+        self._read_metrics()
+
+    def _on_training_end(self) -> None:
+        self._read_metrics()
+
+    def _read_metrics(self) -> None:
+        metrics = dict(self.job.metrics)
+        metrics.update(finite_metrics(self.model.logger.name_to_value))
+        # The logger dumps (and clears) the episode statistics before this can read them: recompute them.
+        episodes = self.model.ep_info_buffer
+        if episodes:
+            metrics["rollout/ep_rew_mean"] = sum(ep["r"] for ep in episodes) / len(episodes)
+            metrics["rollout/ep_len_mean"] = sum(ep["l"] for ep in episodes) / len(episodes)
+        elapsed = time.monotonic() - self._start_time
+        if elapsed > 0:
+            metrics["time/fps"] = (self.model.num_timesteps - self._start_timesteps) / elapsed
+        metrics["time/total_timesteps"] = self.model.num_timesteps
+        self.job.metrics = finite_metrics(metrics)
+
+
+class JobRunner:
+    """Accepts training requests, runs them on an executor, and keeps their records up to date."""
+
+    def __init__(self, db: Database, store: ModelStore, settings: Settings, executor: Executor | None = None) -> None:
+        self.db = db
+        self.store = store
+        self.settings = settings
+        self.executor = executor or ThreadExecutor(settings.max_concurrent_jobs)
+        self._active: dict[str, ActiveJob] = {}
+        self._lock = threading.Lock()
+        self._last_write: dict[str, float] = {}
+
+    def recover(self) -> None:
+        """Mark what a previous run of the server left unfinished."""
+        count = self.db.interrupt_unfinished("The server went down while the job was queued or running")
+        if count:
+            logger.info("%d job(s) left unfinished by the previous run marked interrupted", count)
+        self.store.remove_temporary_files()
+
+    # requests
+
+    def submit(self, request: TrainRequest) -> tuple[JobRecord, TrainingConfig, int]:
+        """Queue a job; returns its record, its full settings and its place in the queue (0: starts now)."""
+        observation_space = _check_request(request, self.settings)
+        reward_function = request.reward_function_type
+        if "reward_function_type" not in request.model_fields_set:
+            reward_function = _default_reward_function(request.env_name)
+        _check_reward_function(reward_function, observation_space)
+
+        job_id = str(uuid.uuid4())
+        model_name = request.model_name or _generated_model_name(request.env_name, job_id)
+        config = TrainingConfig(
+            **request.model_dump(exclude={"reward_function_type", "model_name"}),
+            reward_function_type=reward_function,
+            model_name=model_name,
+        )
+        record = JobRecord(
+            job_id=job_id,
+            status=JobState.QUEUED,
+            model_name=model_name,
+            env_name=config.env_name,
+            config=config.model_dump(),
+            total_timesteps=config.total_timesteps,
+            created_at=utcnow(),
+        )
+        job = ActiveJob(record=record, config=config)
+        with self._lock:
+            # Under the lock, so two requests for one name cannot both pass the check.
+            self._check_model_name_free(model_name, config.overwrite)
+            # 0: a training slot is free; n: n-th in the queue for one.
+            position = max(0, len(self._active) - self.settings.max_concurrent_jobs + 1)
+            self.db.add_job(record)
+            self._active[job_id] = job
+        logger.info(
+            "job %s queued: %s for %d timesteps -> model %s",
+            job_id,
+            config.env_name,
+            config.total_timesteps,
+            model_name,
+        )
+        self.executor.submit(lambda: self._run(job))
+        return self.get(job_id), config, position
+
+    def _check_model_name_free(self, name: str, overwrite: bool) -> None:
+        if any(job.record.model_name == name for job in self._active.values()):
+            raise ModelBusy(f"A queued or running job is already training model {name!r}")
+        if not overwrite and self.store.exists(name):
+            raise ModelExists(f'Model {name!r} already exists; pass "overwrite": true to replace it')
+
+    def ensure_not_training(self, model_name: str) -> None:
+        with self._lock:
+            if any(job.record.model_name == model_name for job in self._active.values()):
+                raise ModelBusy(f"A queued or running job is training model {model_name!r}; stop it first")
+
+    def get(self, job_id: str) -> JobRecord:
+        record = self.db.get_job(job_id)
+        if record is None:
+            raise JobNotFound(f"Training job {job_id!r} not found")
+        return self._with_live_progress(record)
+
+    def list(self) -> list[JobRecord]:
+        return [self._with_live_progress(record) for record in self.db.list_jobs()]
+
+    def _with_live_progress(self, record: JobRecord) -> JobRecord:
+        job = self._active.get(record.job_id)
+        if job is not None and record.status is JobState.RUNNING:
+            record.current_timesteps = max(record.current_timesteps, job.timesteps)
+            record.metrics = dict(job.metrics)
+        return record
+
+    def counts(self) -> tuple[int, int]:
+        """(running, queued) jobs."""
+        with self._lock:
+            running = sum(job.started for job in self._active.values())
+            return running, len(self._active) - running
+
+    def stop(self, job_id: str, wait_s: float = 10.0) -> JobRecord:
+        """Stop a job; a running one keeps the model it trained so far. Waits up to ``wait_s`` for it."""
+        with self._lock:
+            job = self._active.get(job_id)
+            if job is None:
+                record = self.get(job_id)
+                raise JobNotActive(f"Training job {job_id} is already {record.status.value}")
+            job.stop_requested.set()
+            cancel_queued = not job.started
+            if cancel_queued:
+                del self._active[job_id]
+        if cancel_queued:
+            self._finish(job, JobState.STOPPED, message="Stopped before it started; no model was trained")
+        job.finished.wait(wait_s)
+        return self.get(job_id)
+
+    def shutdown(self) -> None:
+        """Stop every job: running ones within about a second, queued ones before they start."""
+        with self._lock:
+            jobs = list(self._active.values())
+            for job in jobs:
+                job.shutting_down = True
+                job.stop_requested.set()
+        self.executor.shutdown()
+        with self._lock:
+            # Work the executor dropped before it started never reached _run.
+            leftovers = [job for job in self._active.values() if not job.started]
+            for job in leftovers:
+                del self._active[job.record.job_id]
+        for job in leftovers:
+            self._finish(job, JobState.INTERRUPTED, message="The server shut down before the job started")
+
+    # the job itself
+
+    def _run(self, job: ActiveJob) -> None:
+        with self._lock:
+            if job.record.job_id not in self._active:
+                return  # stopped or shut down while queued, and already recorded so
+            job.started = True
+        job_id, config = job.record.job_id, job.config
+        self._transition(job_id, JobState.RUNNING, start_time=utcnow())
+        model = None
+        try:
+            model = build_model(config, self.settings.device)
+            callback = JobCallback(job, self._report_progress)
+            try:
+                model.learn(config.total_timesteps, callback=callback)
+            except StopTraining:
+                pass  # asked for between two gradient steps; the model is whole and handled below
+            finally:
+                callback.detach()
+            job.timesteps = model.num_timesteps
+            self._conclude(job, model)
+        except Exception as error:  # a job's failure is recorded on the job; the server goes on
+            logger.exception("job %s failed", job_id)
+            self._finish(job, JobState.FAILED, error_message=f"{type(error).__name__}: {error}")
+        finally:
+            if model is not None and model.env is not None:
+                model.env.close()
+            with self._lock:
+                self._active.pop(job_id, None)
+            self._last_write.pop(job_id, None)
+            job.finished.set()
+
+    def _conclude(self, job: ActiveJob, model: GRPO) -> None:
+        if job.shutting_down:
+            self._finish(job, JobState.INTERRUPTED, message="The server shut down while the job ran")
+            return
+        stopped = job.stop_requested.is_set() and model.num_timesteps < job.config.total_timesteps
+        saved = model.num_timesteps > 0
+        if saved:
+            self.store.save(
+                model,
+                ModelRecord(
+                    name=job.config.model_name,
+                    size_bytes=0,
+                    created_at=utcnow(),
+                    env_name=job.config.env_name,
+                    job_id=job.record.job_id,
+                    hyperparameters=job.config.model_dump(exclude={"model_name", "overwrite"}),
+                    metrics=job.metrics,
+                    timesteps=model.num_timesteps,
+                ),
+            )
+        if stopped:
+            message = (
+                f"Stopped at {model.num_timesteps} timesteps; the model trained so far is saved as "
+                f"{job.config.model_name!r}"
+                if saved
+                else "Stopped before any training step; no model was saved"
+            )
+            self._finish(job, JobState.STOPPED, message=message, model_saved=saved)
+        else:
+            self._finish(job, JobState.COMPLETED, model_saved=saved)
+
+    def _report_progress(self, job: ActiveJob) -> None:
+        now = time.monotonic()
+        if now - self._last_write.get(job.record.job_id, 0.0) >= PROGRESS_WRITE_INTERVAL_S:
+            self._last_write[job.record.job_id] = now
+            self.db.update_job(job.record.job_id, current_timesteps=job.timesteps, metrics=job.metrics)
+
+    def _finish(self, job: ActiveJob, status: JobState, **values: Any) -> None:
+        self._transition(
+            job.record.job_id,
+            status,
+            end_time=utcnow(),
+            current_timesteps=job.timesteps,
+            metrics=job.metrics,
+            **values,
+        )
+
+    def _transition(self, job_id: str, status: JobState, **values: Any) -> None:
+        self.db.update_job(job_id, status=status, **values)
+        detail = values.get("error_message") or values.get("message") or ""
+        logger.info("job %s %s%s", job_id, status.value, f": {detail}" if detail else "")

@@ -1,0 +1,230 @@
+"""Request and response bodies of the service, one model per purpose.
+
+The fields, defaults and names of the API document are kept as they are; everything added is optional.
+"""
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from store import MODEL_NAME_PATTERN, JobState
+
+ModelName = Annotated[
+    str,
+    Field(
+        pattern=MODEL_NAME_PATTERN,
+        description="Letters, digits, '_', '.', '-'; starts with a letter or digit; at most 64 characters",
+        examples=["my_model"],
+    ),
+]
+# JSON has no NaN or infinity, but Python's parser accepts them; a model cannot act on them either.
+Number = Annotated[float, Field(allow_inf_nan=False)]
+# One observation: a scalar (Discrete spaces) or a nested array (Box spaces, up to images with channels).
+Observation = Number | list[Number] | list[list[Number]] | list[list[list[Number]]]
+# Matches the document's "ACTION: a single integer" for Discrete, floats for Box, integers for Multi* spaces.
+Action = int | list[float] | list[int] | list[Any]
+
+MAX_INFERENCE_BATCH = 65_536
+
+
+class StrictModel(BaseModel):
+    # A misspelt field would otherwise be dropped without a word and train with the default instead.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# root and health
+
+
+class RootResponse(BaseModel):
+    message: str
+    version: str
+    endpoints: dict[str, str]
+
+
+class HealthResponse(BaseModel):
+    status: str = Field(examples=["healthy"])
+    timestamp: datetime
+    active_jobs: int = Field(description="Jobs training right now")
+    queued_jobs: int = Field(description="Jobs waiting for a free training slot")
+    loaded_models: int
+
+
+# training
+
+
+class TrainRequest(StrictModel):
+    """A training job. Every field is optional; the first eight are the API document's."""
+
+    env_name: str = Field("CartPole-v1", min_length=1, max_length=200, description="Gymnasium environment id")
+    total_timesteps: int = Field(10_000, ge=1, description="Environment steps to train for (the server caps it)")
+    learning_rate: float = Field(3e-4, gt=0, le=1)
+    n_steps: int = Field(32, ge=1, le=100_000, description="Steps per environment per rollout")
+    batch_size: int = Field(64, ge=2, le=1_000_000)
+    n_epochs: int = Field(10, ge=1, le=1_000)
+    reward_function_type: str = Field(
+        "optimized_cartpole",
+        max_length=100,
+        description="A name from GET /reward-functions; 'env' is the environment's own reward. "
+        "Omitted: 'optimized_cartpole' for CartPole, 'env' for other environments",
+    )
+    model_name: ModelName | None = Field(None, description="Name to save the model under (default: generated)")
+    # GRPO's own settings and the rest of the constructor, all optional.
+    group_size: int = Field(8, ge=2, le=1_024, description="Trajectories per group whose returns are compared")
+    advantage: Literal["outcome", "process"] = "outcome"
+    scale_rewards: Literal["group", "batch", "none"] = "group"
+    gamma: float = Field(0.99, ge=0, le=1)
+    clip_range: float = Field(0.2, gt=0, le=1)
+    clip_range_high: float | None = Field(None, gt=0, le=1, description="DAPO's upper clip (default: clip_range)")
+    beta: float = Field(0.0, ge=0, le=10, description="Weight of the KL penalty to the reference policy")
+    ent_coef: float = Field(0.0, ge=0, le=1)
+    max_grad_norm: float = Field(0.5, gt=0, le=1_000)
+    target_kl: float | None = Field(None, gt=0, le=10)
+    n_envs: int = Field(1, ge=1, le=64, description="Environments stepped side by side")
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    net_arch: list[Annotated[int, Field(ge=1, le=4_096)]] | None = Field(
+        None, max_length=8, description="Hidden layer sizes of the policy (default: SB3's [64, 64])"
+    )
+    overwrite: bool = Field(False, description="Replace an existing model of the same name")
+
+
+class TrainingConfig(TrainRequest):
+    """The settings a job runs with: the request with every default filled in."""
+
+    reward_function_type: str
+    model_name: ModelName
+
+
+class TrainResponse(BaseModel):
+    job_id: str
+    message: str = Field(examples=["Training started"], description="'Training started', or queued behind others")
+    config: TrainingConfig
+
+
+class JobSummary(BaseModel):
+    job_id: str
+    status: JobState
+    progress: float = Field(ge=0, le=1)
+    model_name: str
+    env_name: str
+    created_at: datetime
+
+
+class JobList(BaseModel):
+    jobs: list[JobSummary]
+
+
+class JobStatus(JobSummary):
+    current_timesteps: int
+    total_timesteps: int
+    start_time: datetime | None
+    end_time: datetime | None
+    error_message: str | None = Field(description="Why a failed job failed")
+    message: str | None = Field(None, description="What happened, for stopped and interrupted jobs")
+    model_saved: bool = Field(description="Whether the job's model is saved under model_name")
+    metrics: dict[str, float] = Field(
+        description="Latest values of SB3's logger keys: rollout/ep_rew_mean (the environment's own return), "
+        "train/policy_loss, train/entropy_loss, train/approx_kl, train/clip_fraction, time/fps, ..."
+    )
+    config: TrainingConfig
+
+
+class StopResponse(BaseModel):
+    message: str = Field(examples=["Training job stopped"])
+    job_id: str
+    status: JobState
+    current_timesteps: int
+    model_saved: bool = Field(description="Whether the model trained so far was saved under model_name")
+    model_name: str
+
+
+# inference
+
+
+class InferenceRequest(StrictModel):
+    model_name: ModelName
+    observation: Observation | None = Field(None, description="One observation", examples=[[0.1, 0.0, 0.05, 0.0]])
+    observations: list[Observation] | None = Field(
+        None, min_length=1, max_length=MAX_INFERENCE_BATCH, description="A batch of observations"
+    )
+    deterministic: bool = True
+
+    @model_validator(mode="after")
+    def _one_of_observation_or_batch(self) -> "InferenceRequest":
+        if (self.observation is None) == (self.observations is None):
+            raise ValueError("give exactly one of 'observation' and 'observations'")
+        return self
+
+
+class InferenceResponse(BaseModel):
+    action: Action
+    action_probs: list[float] | None = Field(None, description="Probability of each action (Discrete models)")
+    value: float | None = Field(
+        None, description="Always null: GRPO has no critic, so there is no state-value estimate to report"
+    )
+
+
+class BatchInferenceResponse(BaseModel):
+    actions: list[Action]
+    action_probs: list[list[float]] | None = Field(None, description="Per observation (Discrete models)")
+
+
+# models
+
+
+class ModelSummary(BaseModel):
+    name: str
+    status: Literal["loaded", "saved"] = Field(description="'loaded': in memory, ready to serve")
+    env_name: str | None = None
+    size_bytes: int
+    created_at: datetime
+
+
+class ModelList(BaseModel):
+    models: list[ModelSummary]
+
+
+class ModelInfo(ModelSummary):
+    job_id: str | None = None
+    observation_space: dict[str, Any] | None
+    action_space: dict[str, Any] | None
+    hyperparameters: dict[str, Any] = Field(description="The training job's settings")
+    metrics: dict[str, float] = Field(description="The training job's last metrics")
+    timesteps: int | None = Field(None, description="Environment steps the model was trained for")
+
+
+class DeleteResponse(BaseModel):
+    message: str
+    model_name: str
+
+
+class EvaluateRequest(StrictModel):
+    n_episodes: int = Field(10, ge=1, le=1_000)
+    deterministic: bool = True
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    env_name: str | None = Field(
+        None, min_length=1, max_length=200, description="Environment to evaluate on (default: the training one)"
+    )
+
+
+class EvaluateResponse(BaseModel):
+    model_name: str
+    env_name: str
+    n_episodes: int
+    mean_return: float
+    std_return: float
+    mean_length: float
+    returns: list[float]
+
+
+# reward functions
+
+
+class RewardFunctionInfo(BaseModel):
+    name: str
+    description: str
+    observation_shape: list[int] | None = Field(description="The observation shape it fits; null: any shape")
+
+
+class RewardFunctionList(BaseModel):
+    reward_functions: list[RewardFunctionInfo]

@@ -1,0 +1,39 @@
+"""Configuration of the training and serving service: one class, read once, injected everywhere."""
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class Settings(BaseSettings):
+    """Service settings; every field can be set through a ``GRPO_<FIELD>`` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="GRPO_", extra="ignore")
+
+    models_dir: Path = Field(Path("models"), description="Where trained models are kept as SB3 zip files")
+    # Beside the models by default, so all of the service's data sits in one folder to back up.
+    db_path: Path = Field(
+        default_factory=lambda data: data["models_dir"] / "grpo.db",
+        description="SQLite database of jobs and model metadata (default: <models_dir>/grpo.db)",
+    )
+    max_concurrent_jobs: int = Field(
+        default_factory=lambda: os.cpu_count() or 1, ge=1, description="Training jobs run at once"
+    )
+    max_total_timesteps: int = Field(10_000_000, ge=1, description="Largest total_timesteps one job may ask for")
+    cache_max_models: int = Field(16, ge=1, description="Models kept loaded for inference")
+    cache_max_bytes: int = Field(512 * 2**20, ge=1, description="Memory the loaded models may take, in bytes")
+    device: str = Field("auto", description="torch device for training and inference ('auto': CUDA if present)")
+    torch_threads: int | None = Field(
+        1,
+        ge=1,
+        description="torch intra-op threads; small policies run fastest on one, and jobs then share the CPUs "
+        "(None: torch's default)",
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    log_level: LogLevel = "info"

@@ -1,0 +1,454 @@
+"""What the service keeps: job and model records in SQLite, model files on disk, loaded models in an LRU cache.
+
+Model files are the SB3 zips that ``GRPO.save`` writes, named ``<model name>.zip`` in the models folder. They are
+written to a hidden temporary file and renamed into place, so a crash never leaves a half-written model under a
+listed name. Model names are checked against ``MODEL_NAME_PATTERN`` here too, so no path is ever built from
+unchecked input.
+"""
+
+import json
+import logging
+import math
+import os
+import re
+import sqlite3
+import threading
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch as th
+from gymnasium import spaces
+
+from grpo import GRPO
+
+logger = logging.getLogger("grpo.store")
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
+MODEL_SUFFIX = ".zip"
+# Spaces with more bounds than this are described by shape only: the bounds would swamp the metadata.
+_MAX_DESCRIBED_BOUNDS = 64
+
+
+class ServiceError(Exception):
+    """A request the service understood but cannot carry out; the API maps each subclass to an HTTP code."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class InvalidName(ServiceError):
+    pass
+
+
+class ModelNotFound(ServiceError):
+    pass
+
+
+class ModelExists(ServiceError):
+    pass
+
+
+class ModelBusy(ServiceError):
+    pass
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    STOPPED = "stopped"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def active(self) -> bool:
+        return self in (JobState.QUEUED, JobState.RUNNING)
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
+    """Keep the numeric, finite entries: JSON has no NaN, and a NaN loss says nothing a client can use."""
+    kept = {}
+    for key, value in values.items():
+        if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value)):
+            kept[key] = float(value)
+    return kept
+
+
+def describe_space(space: spaces.Space) -> dict[str, Any]:
+    """A JSON-friendly description of a gymnasium space."""
+    description: dict[str, Any] = {"type": type(space).__name__, "shape": list(space.shape or ())}
+    if space.dtype is not None:
+        description["dtype"] = str(space.dtype)
+    if isinstance(space, spaces.Discrete):
+        description["n"] = int(space.n)
+    elif isinstance(space, spaces.MultiDiscrete):
+        description["nvec"] = space.nvec.tolist()
+    elif isinstance(space, spaces.Box) and space.low.size <= _MAX_DESCRIBED_BOUNDS:
+        # JSON has no infinity: an unbounded side is null.
+        description["low"] = [float(v) if np.isfinite(v) else None for v in space.low.flatten()]
+        description["high"] = [float(v) if np.isfinite(v) else None for v in space.high.flatten()]
+    return description
+
+
+def check_model_name(name: str) -> str:
+    if not _MODEL_NAME.fullmatch(name):
+        raise InvalidName(f"Invalid model name {name!r}: it must match {MODEL_NAME_PATTERN}")
+    return name
+
+
+@dataclass
+class JobRecord:
+    job_id: str
+    status: JobState
+    model_name: str
+    env_name: str
+    config: dict[str, Any]
+    total_timesteps: int
+    created_at: datetime
+    current_timesteps: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    error_message: str | None = None
+    message: str | None = None
+    model_saved: bool = False
+
+    @property
+    def progress(self) -> float:
+        return min(1.0, self.current_timesteps / self.total_timesteps) if self.total_timesteps else 0.0
+
+
+@dataclass
+class ModelRecord:
+    name: str
+    size_bytes: int
+    created_at: datetime
+    env_name: str | None = None
+    job_id: str | None = None
+    observation_space: dict[str, Any] | None = None
+    action_space: dict[str, Any] | None = None
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)
+    timesteps: int | None = None
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    job_id TEXT PRIMARY KEY,
+    status TEXT NOT NULL,
+    model_name TEXT NOT NULL,
+    env_name TEXT NOT NULL,
+    config TEXT NOT NULL,
+    total_timesteps INTEGER NOT NULL,
+    current_timesteps INTEGER NOT NULL DEFAULT 0,
+    metrics TEXT NOT NULL DEFAULT '{}',
+    created_at TEXT NOT NULL,
+    start_time TEXT,
+    end_time TEXT,
+    error_message TEXT,
+    message TEXT,
+    model_saved INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS models (
+    name TEXT PRIMARY KEY,
+    size_bytes INTEGER NOT NULL,
+    created_at TEXT NOT NULL,
+    env_name TEXT,
+    job_id TEXT,
+    observation_space TEXT,
+    action_space TEXT,
+    hyperparameters TEXT NOT NULL DEFAULT '{}',
+    metrics TEXT NOT NULL DEFAULT '{}',
+    timesteps INTEGER
+);
+"""
+_JSON_COLUMNS = {"config", "metrics", "observation_space", "action_space", "hyperparameters"}
+_TIME_COLUMNS = {"created_at", "start_time", "end_time"}
+
+
+def _to_column(key: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if key in _JSON_COLUMNS:
+        return json.dumps(value)
+    if key in _TIME_COLUMNS:
+        return value.isoformat()
+    if isinstance(value, Enum):
+        return value.value
+    return value
+
+
+def _from_row(row: sqlite3.Row) -> dict[str, Any]:
+    values = dict(row)
+    for key, value in values.items():
+        if value is None:
+            continue
+        if key in _JSON_COLUMNS:
+            values[key] = json.loads(value)
+        elif key in _TIME_COLUMNS:
+            values[key] = datetime.fromisoformat(value)
+    return values
+
+
+class Database:
+    """Job and model records in one SQLite file, shared by the request threads and the training threads."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # One connection behind a lock: writes are small and rare, and SQLite serialises writers anyway.
+        self._conn = sqlite3.connect(path, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock, self._conn:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        with self._lock, self._conn:
+            return self._conn.execute(sql, params).rowcount
+
+    def _read(self, sql: str, params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+        with self._lock:
+            return [_from_row(row) for row in self._conn.execute(sql, params).fetchall()]
+
+    def _insert(self, table: str, values: dict[str, Any], replace: bool = False) -> None:
+        columns = ", ".join(values)
+        marks = ", ".join("?" for _ in values)
+        verb = "INSERT OR REPLACE" if replace else "INSERT"
+        params = tuple(_to_column(key, value) for key, value in values.items())
+        self._write(f"{verb} INTO {table} ({columns}) VALUES ({marks})", params)
+
+    # jobs
+
+    def add_job(self, job: JobRecord) -> None:
+        self._insert("jobs", vars(job))
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        assignments = ", ".join(f"{key} = ?" for key in values)
+        params = tuple(_to_column(key, value) for key, value in values.items())
+        self._write(f"UPDATE jobs SET {assignments} WHERE job_id = ?", (*params, job_id))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._read("SELECT * FROM jobs WHERE job_id = ?", (job_id,))
+        return _job(rows[0]) if rows else None
+
+    def list_jobs(self) -> list[JobRecord]:
+        return [_job(row) for row in self._read("SELECT * FROM jobs ORDER BY rowid")]
+
+    def interrupt_unfinished(self, message: str) -> int:
+        """Mark the jobs a previous run left queued or running as interrupted; returns how many."""
+        return self._write(
+            "UPDATE jobs SET status = ?, end_time = ?, message = ? WHERE status IN (?, ?)",
+            (JobState.INTERRUPTED.value, utcnow().isoformat(), message, JobState.QUEUED.value, JobState.RUNNING.value),
+        )
+
+    # models
+
+    def put_model(self, model: ModelRecord) -> None:
+        self._insert("models", vars(model), replace=True)
+
+    def get_model(self, name: str) -> ModelRecord | None:
+        rows = self._read("SELECT * FROM models WHERE name = ?", (name,))
+        return ModelRecord(**rows[0]) if rows else None
+
+    def list_models(self) -> list[ModelRecord]:
+        return [ModelRecord(**row) for row in self._read("SELECT * FROM models")]
+
+    def delete_model(self, name: str) -> None:
+        self._write("DELETE FROM models WHERE name = ?", (name,))
+
+
+def _job(row: dict[str, Any]) -> JobRecord:
+    row["status"] = JobState(row["status"])
+    row["model_saved"] = bool(row["model_saved"])
+    return JobRecord(**row)
+
+
+def memory_bytes(model: GRPO) -> int:
+    """What a loaded model holds in tensors: the policy's weights and the optimizer's moments."""
+    tensors = list(model.policy.state_dict().values())
+    optimizer = getattr(model.policy, "optimizer", None)
+    if optimizer is not None:
+        for state in optimizer.state_dict()["state"].values():
+            tensors.extend(value for value in state.values() if th.is_tensor(value))
+    return sum(tensor.numel() * tensor.element_size() for tensor in tensors)
+
+
+class ModelCache:
+    """Loaded models, least recently used first out, bounded by count and by bytes."""
+
+    def __init__(self, max_models: int, max_bytes: int) -> None:
+        self.max_models = max_models
+        self.max_bytes = max_bytes
+        self._models: OrderedDict[str, tuple[GRPO, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> GRPO | None:
+        with self._lock:
+            entry = self._models.get(name)
+            if entry is None:
+                return None
+            self._models.move_to_end(name)
+            return entry[0]
+
+    def put(self, name: str, model: GRPO, size: int) -> None:
+        with self._lock:
+            self._models[name] = (model, size)
+            self._models.move_to_end(name)
+            # The newest model stays even when it alone exceeds the byte budget: it is the one being served.
+            while len(self._models) > 1 and (len(self._models) > self.max_models or self.total_bytes > self.max_bytes):
+                evicted, _ = self._models.popitem(last=False)
+                logger.info("model %s unloaded from the cache", evicted)
+
+    def discard(self, name: str) -> None:
+        with self._lock:
+            self._models.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        with self._lock:
+            return name in self._models
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._models)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in self._models.values())
+
+
+class ModelStore:
+    """Trained models: files in ``models_dir``, metadata in the database, loaded ones in the cache."""
+
+    def __init__(self, models_dir: Path, db: Database, cache: ModelCache, device: str = "auto") -> None:
+        self.models_dir = models_dir
+        self.db = db
+        self.cache = cache
+        self.device = device
+        self._load_lock = threading.Lock()
+        models_dir.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, name: str) -> Path:
+        return self.models_dir / f"{check_model_name(name)}{MODEL_SUFFIX}"
+
+    def exists(self, name: str) -> bool:
+        return self.path_for(name).is_file()
+
+    def names(self) -> list[str]:
+        """Models on disk; the hidden temporary files of an unfinished save never match a model name."""
+        return sorted(
+            path.stem
+            for path in self.models_dir.glob(f"*{MODEL_SUFFIX}")
+            if _MODEL_NAME.fullmatch(path.stem) and path.is_file()
+        )
+
+    def is_loaded(self, name: str) -> bool:
+        return name in self.cache
+
+    def remove_temporary_files(self) -> None:
+        """Drop what a save cut short by a crash left behind."""
+        for path in self.models_dir.glob(f".*.tmp{MODEL_SUFFIX}"):
+            path.unlink(missing_ok=True)
+
+    def save(self, model: GRPO, record: ModelRecord) -> ModelRecord:
+        """Write ``model`` under ``record.name`` atomically, then record its metadata."""
+        final = self.path_for(record.name)
+        temporary = self.models_dir / f".{record.name}.{uuid.uuid4().hex}.tmp{MODEL_SUFFIX}"
+        try:
+            model.save(temporary)
+            with open(temporary, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(temporary, final)
+        finally:
+            temporary.unlink(missing_ok=True)
+        _fsync_directory(self.models_dir)
+        record.size_bytes = final.stat().st_size
+        record.observation_space = describe_space(model.observation_space)
+        record.action_space = describe_space(model.action_space)
+        self.db.put_model(record)
+        # A model saved over an older one of the same name must not be served from the stale cache entry.
+        self.cache.discard(record.name)
+        return record
+
+    def load(self, name: str) -> GRPO:
+        model = self.cache.get(name)
+        if model is not None:
+            return model
+        path = self.path_for(name)
+        # One loader at a time, so a burst of requests for a cold model reads the zip once.
+        with self._load_lock:
+            model = self.cache.get(name)
+            if model is not None:
+                return model
+            if not path.is_file():
+                raise ModelNotFound(f"Model {name!r} not found")
+            model = GRPO.load(path, device=self.device)
+            model.policy.set_training_mode(False)
+            self.cache.put(name, model, memory_bytes(model))
+            logger.info("model %s loaded", name)
+            return model
+
+    def list(self) -> list[ModelRecord]:
+        """Every model on disk, with its metadata when the service trained it."""
+        known = {record.name: record for record in self.db.list_models()}
+        return [known.get(name) or self._file_record(name) for name in self.names()]
+
+    def _file_record(self, name: str) -> ModelRecord:
+        stat = self.path_for(name).stat()
+        return ModelRecord(
+            name=name, size_bytes=stat.st_size, created_at=datetime.fromtimestamp(stat.st_mtime, timezone.utc)
+        )
+
+    def read_bytes(self, name: str) -> bytes:
+        # Read whole, so a model replaced or deleted mid-download cannot break the response half-way.
+        try:
+            return self.path_for(name).read_bytes()
+        except FileNotFoundError:
+            raise ModelNotFound(f"Model {name!r} not found") from None
+
+    def info(self, name: str) -> ModelRecord:
+        path = self.path_for(name)
+        if not path.is_file():
+            raise ModelNotFound(f"Model {name!r} not found")
+        record = self.db.get_model(name)
+        if record is None:
+            # A zip copied into the folder by hand: its spaces come from the zip itself.
+            model = self.load(name)
+            record = self._file_record(name)
+            record.observation_space = describe_space(model.observation_space)
+            record.action_space = describe_space(model.action_space)
+        return record
+
+    def delete(self, name: str) -> None:
+        path = self.path_for(name)
+        if not path.is_file():
+            raise ModelNotFound(f"Model {name!r} not found")
+        self.cache.discard(name)
+        path.unlink(missing_ok=True)
+        self.db.delete_model(name)
+        logger.info("model %s deleted", name)
+
+
+def _fsync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
