@@ -71,8 +71,13 @@ class TrainRequest(StrictModel):
     model_name: ModelName | None = Field(None, description="Name to save the model under (default: generated)")
     # GRPO's own settings and the rest of the constructor, all optional.
     group_size: int = Field(8, ge=2, le=1_024, description="Trajectories per group whose returns are compared")
-    advantage: Literal["outcome", "process"] = "outcome"
-    scale_rewards: Literal["group", "batch", "none"] = "group"
+    # The choices of grpo.ADVANTAGE_MODES and grpo.SCALE_REWARDS, spelt out so the OpenAPI schema lists them.
+    advantage: Literal["outcome", "process", "timestep"] = Field(
+        "outcome", description="How an episode's rewards become advantages (see grpo.GRPO)"
+    )
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="Divide advantages by the std of the group (DeepSeekMath), the batch, or none (Dr. GRPO)"
+    )
     gamma: float = Field(0.99, ge=0, le=1)
     clip_range: float = Field(0.2, gt=0, le=1)
     clip_range_high: float | None = Field(None, gt=0, le=1, description="DAPO's upper clip (default: clip_range)")

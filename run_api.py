@@ -1,0 +1,38 @@
+"""Start the GRPO API server: ``python run_api.py [--host 127.0.0.1] [--port 8000] ...``.
+
+Flags override the ``GRPO_*`` environment variables, which override the defaults of ``settings.Settings``.
+"""
+
+import argparse
+import logging
+
+import uvicorn
+
+from api import create_app
+from settings import LogLevel, Settings
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = Settings.model_fields
+    parser = argparse.ArgumentParser(description="GRPO training and serving API")
+    # Unset flags stay None so that they fall through to the environment and the defaults.
+    parser.add_argument("--host", help=f"address to bind (default {defaults['host'].default})")
+    parser.add_argument("--port", type=int, help=f"port to listen on (default {defaults['port'].default})")
+    parser.add_argument("--models-dir", dest="models_dir", help="where models are saved (default models/)")
+    parser.add_argument("--db", dest="db_path", help="SQLite file of jobs and models (default <models-dir>/grpo.db)")
+    parser.add_argument(
+        "--max-concurrent-jobs", dest="max_concurrent_jobs", type=int, help="training jobs at once (default: CPUs)"
+    )
+    parser.add_argument("--log-level", dest="log_level", choices=LogLevel.__args__, help="default info")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    settings = Settings(**{key: value for key, value in vars(args).items() if value is not None})
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+if __name__ == "__main__":
+    main()
