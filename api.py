@@ -247,7 +247,9 @@ def observation_batch(model: GRPO, observations: Any, model_name: str) -> np.nda
     """Check observations against the model's observation space; returns them as one batch array."""
     space = model.observation_space
     try:
-        batch = np.asarray(observations, dtype=np.float32)
+        # Values beyond float32 become inf here and are refused below, with the NaNs.
+        with np.errstate(over="ignore"):
+            batch = np.asarray(observations, dtype=np.float32)
     except ValueError:
         raise InvalidObservation("Observations must be arrays of numbers, all of the same shape") from None
     expected = tuple(space.shape or ())

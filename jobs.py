@@ -348,6 +348,7 @@ class JobRunner:
                 del self._active[job_id]
         if cancel_queued:
             self._finish(job, JobState.STOPPED, message="Stopped before it started; no model was trained")
+            job.finished.set()
         job.finished.wait(wait_s)
         return self.get(job_id)
 
@@ -366,6 +367,7 @@ class JobRunner:
                 del self._active[job.record.job_id]
         for job in leftovers:
             self._finish(job, JobState.INTERRUPTED, message="The server shut down before the job started")
+            job.finished.set()
 
     # the job itself
 

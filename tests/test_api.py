@@ -1,0 +1,599 @@
+"""Every endpoint and error path of the service, through FastAPI's TestClient."""
+
+import sqlite3
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch as th
+from conftest import TINY, make_settings, wait_for_job
+from fastapi.testclient import TestClient
+
+import api
+import grpo
+import rewards
+import run_api
+from api import create_app, get_store
+from grpo import GRPO
+from schemas import TrainRequest
+from settings import Settings
+from store import Database, JobRecord, JobState, ModelCache, ModelRecord, ModelStore, utcnow
+
+CARTPOLE_OBS = [0.1, 0.0, 0.05, 0.0]
+DOC_TRAIN_DEFAULTS = {
+    "env_name": "CartPole-v1",
+    "total_timesteps": 10000,
+    "learning_rate": 3e-4,
+    "n_steps": 32,
+    "batch_size": 64,
+    "n_epochs": 10,
+    "reward_function_type": "optimized_cartpole",
+}
+
+
+def train(client: TestClient, **body: Any) -> str:
+    response = client.post("/train", json={**TINY, **body})
+    assert response.status_code == 200, response.text
+    return response.json()["job_id"]
+
+
+def assert_no_trace(response: Any) -> None:
+    assert "Traceback" not in response.text and 'File "' not in response.text
+
+
+# root, health, docs
+
+
+def test_root_lists_the_documented_endpoints(service: TestClient) -> None:
+    body = service.get("/").json()
+    assert body["message"] == "GRPO API Server"
+    assert body["version"] == "1.0.0"
+    for name, route in {
+        "train": "POST /train",
+        "inference": "POST /inference",
+        "health": "GET /health",
+        "models": "GET /models",
+    }.items():
+        assert body["endpoints"][name] == route
+
+
+def test_health(service: TestClient) -> None:
+    body = service.get("/health").json()
+    assert body["status"] == "healthy"
+    assert {"timestamp", "active_jobs", "loaded_models", "queued_jobs"} <= body.keys()
+    assert body["active_jobs"] >= 0 and body["loaded_models"] >= 0
+
+
+@pytest.mark.parametrize("path", ["/docs", "/redoc", "/openapi.json"])
+def test_interactive_docs(service: TestClient, path: str) -> None:
+    assert service.get(path).status_code == 200
+
+
+def test_every_route_declares_its_response(service: TestClient) -> None:
+    schema = service.get("/openapi.json").json()
+    for path, operations in schema["paths"].items():
+        for method, operation in operations.items():
+            content = operation["responses"]["200"].get("content", {})
+            assert content, f"{method.upper()} {path} has no response schema"
+
+
+# training
+
+
+def test_train_defaults_are_the_documents(client: TestClient) -> None:
+    response = client.post("/train", json={})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["message"] == "Training started"
+    config = body["config"]
+    assert {key: config[key] for key in DOC_TRAIN_DEFAULTS} == DOC_TRAIN_DEFAULTS
+    assert config["model_name"].startswith("grpo_CartPole-v1_")
+    # Stopping keeps the default job from spending the test's time.
+    assert client.post(f"/training/{body['job_id']}/stop").status_code == 200
+
+
+def test_train_without_a_body(client: TestClient) -> None:
+    response = client.post("/train")
+    assert response.status_code == 200
+    client.post(f"/training/{response.json()['job_id']}/stop")
+
+
+def test_other_environments_default_to_their_own_reward(client: TestClient) -> None:
+    job_id = train(client, env_name="Acrobot-v1", total_timesteps=300)
+    status = client.get(f"/training/{job_id}/status").json()
+    assert status["config"]["reward_function_type"] == "env"
+    assert wait_for_job(client, job_id)["status"] == "completed"
+
+
+def test_status_reports_progress_and_metrics(service: TestClient) -> None:
+    job = next(job for job in service.get("/training/jobs").json()["jobs"] if job["model_name"] == "cartpole")
+    status = service.get(f"/training/{job['job_id']}/status").json()
+    assert status["status"] == "completed"
+    assert status["progress"] == 1.0
+    assert status["current_timesteps"] >= status["total_timesteps"] == 1024
+    assert status["start_time"] and status["end_time"] and status["error_message"] is None
+    assert status["model_saved"] is True
+    metrics = status["metrics"]
+    for key in ("rollout/ep_rew_mean", "train/policy_gradient_loss", "train/approx_kl", "time/fps"):
+        assert key in metrics, key
+
+
+def test_jobs_list(service: TestClient) -> None:
+    jobs = service.get("/training/jobs").json()["jobs"]
+    assert {job["model_name"] for job in jobs} >= {"cartpole", "pendulum"}
+    assert all({"job_id", "status", "progress"} <= job.keys() for job in jobs)
+
+
+def test_unknown_job(service: TestClient) -> None:
+    assert service.get("/training/nope/status").status_code == 404
+    assert service.post("/training/nope/stop").status_code == 404
+
+
+def test_live_progress_and_stop_keep_the_model(client: TestClient) -> None:
+    job_id = train(client, model_name="stopped", total_timesteps=150_000, net_arch=[64, 64], n_epochs=10)
+    running = wait_for_job(client, job_id, until=lambda s: s["status"] == "running" and s["current_timesteps"] > 300)
+    assert 0 < running["progress"] < 1
+
+    started = time.monotonic()
+    response = client.post(f"/training/{job_id}/stop")
+    elapsed = time.monotonic() - started
+    assert response.status_code == 200
+    body = response.json()
+    assert elapsed < 2.0, f"stop took {elapsed:.2f}s"
+    assert body["job_id"] == job_id
+    assert body["message"].startswith("Training job stopped")
+    assert body["status"] == "stopped" and body["model_saved"] is True
+    assert 0 < body["current_timesteps"] < 150_000
+
+    status = client.get(f"/training/{job_id}/status").json()
+    assert status["status"] == "stopped" and status["end_time"]
+    assert client.post("/inference", json={"model_name": "stopped", "observation": CARTPOLE_OBS}).status_code == 200
+    # A finished job cannot be stopped again.
+    assert client.post(f"/training/{job_id}/stop").status_code == 409
+
+
+def test_queue_runs_jobs_in_order_and_stops_queued_ones(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, max_concurrent_jobs=1))) as client:
+        first = train(client, model_name="q1", total_timesteps=600)
+        second_response = client.post("/train", json={**TINY, "model_name": "q2", "total_timesteps": 300})
+        third = train(client, model_name="q3", total_timesteps=300)
+        second = second_response.json()["job_id"]
+        assert second_response.json()["message"] == "Training queued (position 1)"
+        assert client.get("/health").json()["queued_jobs"] >= 1
+
+        stopped = client.post(f"/training/{third}/stop").json()
+        assert stopped["status"] == "stopped" and stopped["model_saved"] is False
+
+        statuses = [wait_for_job(client, job_id) for job_id in (first, second)]
+        assert [status["status"] for status in statuses] == ["completed", "completed"]
+        assert statuses[0]["end_time"] <= statuses[1]["start_time"]
+        third_status = client.get(f"/training/{third}/status").json()
+        assert third_status["status"] == "stopped" and third_status["start_time"] is None
+        assert "q3" not in {model["name"] for model in client.get("/models").json()["models"]}
+
+
+def test_a_failing_job_reports_its_error(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+        raise ValueError("this reward function is broken")
+
+    # The document's extension point: add a reward function to api.REWARD_FUNCTIONS.
+    monkeypatch.setitem(api.REWARD_FUNCTIONS, "broken", broken)
+    job_id = train(client, reward_function_type="broken", total_timesteps=500)
+    status = wait_for_job(client, job_id)
+    assert status["status"] == "failed"
+    assert "this reward function is broken" in status["error_message"]
+    assert status["model_saved"] is False
+
+
+@pytest.mark.parametrize(
+    ("body", "fragment"),
+    [
+        ({"env_name": "CartPol-v1"}, "CartPole-v1"),
+        ({"env_name": "NoSuchEnv-v0"}, "Unknown environment"),
+        ({"env_name": "os:system"}, "Unknown environment"),
+        ({"reward_function_type": "nope"}, "optimized_cartpole"),
+        ({"env_name": "Pendulum-v1", "reward_function_type": "optimized_cartpole"}, "[3]"),
+        ({"total_timesteps": 200_001}, "maximum"),
+    ],
+)
+def test_bad_training_requests_are_400(service: TestClient, body: dict[str, Any], fragment: str) -> None:
+    response = service.post("/train", json=body)
+    assert response.status_code == 400, response.text
+    assert fragment in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"total_timesteps": 0},
+        {"learning_rate": -1},
+        {"learning_rate": 0},
+        {"n_steps": 0},
+        {"batch_size": 1},
+        {"n_epochs": 0},
+        {"gamma": 1.5},
+        {"group_size": 1},
+        {"n_envs": 0},
+        {"advantage": "sometimes"},
+        {"total_timesteps": "many"},
+        {"model_name": "../etc/passwd"},
+        {"model_name": "a/b"},
+        {"model_name": ".hidden"},
+        {"model_name": ""},
+        {"model_name": "x" * 65},
+        {"unknown_field": 1},
+    ],
+)
+def test_malformed_training_requests_are_422(service: TestClient, body: dict[str, Any]) -> None:
+    response = service.post("/train", json=body)
+    assert response.status_code == 422, response.text
+    assert isinstance(response.json()["detail"], list)
+    assert_no_trace(response)
+
+
+@pytest.mark.parametrize("raw", [b'{"learning_rate": NaN}', b'{"learning_rate": Infinity}', b"{not json", b"[1, 2]"])
+def test_unparsable_or_non_finite_bodies_are_422(service: TestClient, raw: bytes) -> None:
+    response = service.post("/train", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+
+
+def test_existing_model_name_needs_overwrite(service: TestClient) -> None:
+    response = service.post("/train", json={"model_name": "cartpole"})
+    assert response.status_code == 409
+    assert "overwrite" in response.json()["detail"]
+
+
+def test_overwrite_replaces_the_model(client: TestClient) -> None:
+    first = wait_for_job(client, train(client, model_name="m", total_timesteps=300))
+    assert first["status"] == "completed"
+    client.post("/inference", json={"model_name": "m", "observation": CARTPOLE_OBS})  # now cached
+    job_id = train(client, model_name="m", total_timesteps=400, overwrite=True)
+    assert wait_for_job(client, job_id)["status"] == "completed"
+    info = client.get("/models/m").json()
+    assert info["job_id"] == job_id and info["timesteps"] >= 400
+    # The old model, cached before, is not served any more.
+    assert info["status"] == "saved"
+
+
+def test_a_name_being_trained_is_busy(client: TestClient) -> None:
+    job_id = train(client, model_name="busy", total_timesteps=150_000)
+    assert client.post("/train", json={"model_name": "busy", "overwrite": True}).status_code == 409
+    assert client.delete("/models/busy").status_code == 409
+    client.post(f"/training/{job_id}/stop")
+    assert client.delete("/models/busy").status_code == 200
+
+
+# inference
+
+
+def test_inference_as_in_the_document(service: TestClient) -> None:
+    response = service.post("/inference", json={"model_name": "cartpole", "observation": CARTPOLE_OBS})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["action"] in (0, 1)
+    assert len(body["action_probs"]) == 2 and abs(sum(body["action_probs"]) - 1) < 1e-5
+    assert body["action"] == int(np.argmax(body["action_probs"]))  # deterministic by default
+    assert body["value"] is None  # GRPO has no critic
+
+
+def test_batch_inference(service: TestClient) -> None:
+    observations = np.random.default_rng(0).normal(0, 0.05, size=(5, 4)).tolist()
+    body = service.post("/inference", json={"model_name": "cartpole", "observations": observations}).json()
+    assert len(body["actions"]) == 5 and all(action in (0, 1) for action in body["actions"])
+    assert len(body["action_probs"]) == 5
+    singles = [
+        service.post("/inference", json={"model_name": "cartpole", "observation": obs}).json()["action"]
+        for obs in observations
+    ]
+    assert singles == body["actions"]
+
+
+def test_inference_matches_predict(service: TestClient) -> None:
+    model = service.app.state.store.load("cartpole")
+    action, _ = model.predict(np.array(CARTPOLE_OBS, dtype=np.float32), deterministic=True)
+    body = service.post("/inference", json={"model_name": "cartpole", "observation": CARTPOLE_OBS}).json()
+    assert body["action"] == int(action)
+
+
+def test_box_actions_are_lists_of_floats(service: TestClient) -> None:
+    body = service.post("/inference", json={"model_name": "pendulum", "observation": [1.0, 0.0, 0.5]}).json()
+    assert isinstance(body["action"], list) and len(body["action"]) == 1
+    assert -2.0 <= body["action"][0] <= 2.0
+    assert body["action_probs"] is None and body["value"] is None
+    batch = service.post("/inference", json={"model_name": "pendulum", "observations": [[1, 0, 0.5]] * 3}).json()
+    assert len(batch["actions"]) == 3 and all(len(action) == 1 for action in batch["actions"])
+
+
+def test_stochastic_inference(service: TestClient) -> None:
+    body = {"model_name": "cartpole", "observation": CARTPOLE_OBS, "deterministic": False}
+    assert service.post("/inference", json=body).json()["action"] in (0, 1)
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "fragment"),
+    [
+        ({"model_name": "cartpole", "observation": [0.1, 0.0, 0.05]}, 400, "[4]"),
+        ({"model_name": "cartpole", "observation": [[0.1, 0.0, 0.05, 0.0]]}, 400, "[4]"),
+        ({"model_name": "cartpole", "observations": [[0.1, 0.0, 0.05, 0.0], [0.1]]}, 400, "same shape"),
+        ({"model_name": "cartpole", "observation": [1e39, 0, 0, 0]}, 400, "finite"),
+        ({"model_name": "missing", "observation": CARTPOLE_OBS}, 404, "not found"),
+        ({"model_name": "cartpole"}, 422, None),
+        ({"model_name": "cartpole", "observation": CARTPOLE_OBS, "observations": [CARTPOLE_OBS]}, 422, None),
+        ({"model_name": "cartpole", "observations": []}, 422, None),
+        ({"model_name": "cartpole", "observation": ["a", "b", "c", "d"]}, 422, None),
+        ({"model_name": "../cartpole", "observation": CARTPOLE_OBS}, 422, None),
+    ],
+)
+def test_bad_inference_requests(service: TestClient, body: dict[str, Any], status: int, fragment: str | None) -> None:
+    response = service.post("/inference", json=body)
+    assert response.status_code == status, response.text
+    if fragment:
+        assert fragment in response.json()["detail"]
+    assert_no_trace(response)
+
+
+@pytest.mark.parametrize("value", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_observations_are_rejected(service: TestClient, value: bytes) -> None:
+    raw = b'{"model_name": "cartpole", "observation": [0.1, ' + value + b", 0.0, 0.0]}"
+    response = service.post("/inference", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+
+
+# models
+
+
+def test_models_list_says_loaded_or_saved(service: TestClient) -> None:
+    service.post("/inference", json={"model_name": "cartpole", "observation": CARTPOLE_OBS})
+    models = {model["name"]: model for model in service.get("/models").json()["models"]}
+    assert models["cartpole"]["status"] == "loaded"
+    assert {"name", "status", "env_name", "size_bytes", "created_at"} <= models["pendulum"].keys()
+
+
+def test_model_metadata(service: TestClient) -> None:
+    info = service.get("/models/pendulum").json()
+    assert info["env_name"] == "Pendulum-v1"
+    assert info["observation_space"] == {
+        "type": "Box",
+        "shape": [3],
+        "dtype": "float32",
+        "low": [-1.0, -1.0, -8.0],
+        "high": [1.0, 1.0, 8.0],
+    }
+    assert info["action_space"]["shape"] == [1] and info["action_space"]["high"] == [2.0]
+    assert info["hyperparameters"]["reward_function_type"] == "env"
+    assert info["hyperparameters"]["net_arch"] == [16]
+    assert "time/fps" in info["metrics"] and info["timesteps"] >= 400 and info["size_bytes"] > 0
+    assert service.get("/models/missing").status_code == 404
+    assert service.get("/models/..%2F..%2Fetc").status_code in (404, 422)
+
+
+def test_download_is_a_loadable_zip(service: TestClient, tmp_path: Path) -> None:
+    response = service.get("/models/cartpole/download")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/zip"
+    assert 'filename="cartpole.zip"' in response.headers["content-disposition"]
+    path = tmp_path / "downloaded.zip"
+    path.write_bytes(response.content)
+    model = GRPO.load(path, device="cpu")
+    assert model.observation_space.shape == (4,)
+    assert service.get("/models/missing/download").status_code == 404
+
+
+def test_evaluate(service: TestClient) -> None:
+    body = service.post("/models/cartpole/evaluate", json={"n_episodes": 2, "seed": 1}).json()
+    assert body["env_name"] == "CartPole-v1" and body["n_episodes"] == 2 and len(body["returns"]) == 2
+    assert body["mean_return"] == pytest.approx(np.mean(body["returns"]))
+    assert body["mean_return"] > 0 and body["std_return"] >= 0
+    assert service.post("/models/cartpole/evaluate").status_code == 200  # the body is optional
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "status"),
+    [
+        ("cartpole", {"n_episodes": 0}, 422),
+        ("cartpole", {"env_name": "Acrobot-v1"}, 400),
+        ("cartpole", {"env_name": "Nope-v0"}, 400),
+        ("missing", {}, 404),
+    ],
+)
+def test_bad_evaluate_requests(service: TestClient, name: str, body: dict[str, Any], status: int) -> None:
+    assert service.post(f"/models/{name}/evaluate", json=body).status_code == status
+
+
+def test_delete(client: TestClient) -> None:
+    wait_for_job(client, train(client, model_name="doomed", total_timesteps=300))
+    client.post("/inference", json={"model_name": "doomed", "observation": CARTPOLE_OBS})
+    response = client.delete("/models/doomed")
+    assert response.status_code == 200 and response.json()["model_name"] == "doomed"
+    assert client.get("/models").json()["models"] == []
+    assert client.post("/inference", json={"model_name": "doomed", "observation": CARTPOLE_OBS}).status_code == 404
+    assert client.delete("/models/doomed").status_code == 404
+    assert client.delete("/models/bad%2Fname").status_code in (404, 422)
+
+
+def test_acrobot_model_serves_without_its_environment(client: TestClient) -> None:
+    wait_for_job(client, train(client, env_name="Acrobot-v1", model_name="acro", total_timesteps=300))
+    body = client.post("/inference", json={"model_name": "acro", "observation": [0.0] * 6}).json()
+    assert body["action"] in (0, 1, 2) and len(body["action_probs"]) == 3
+
+
+# reward functions
+
+
+def test_reward_functions(service: TestClient) -> None:
+    listed = {entry["name"]: entry for entry in service.get("/reward-functions").json()["reward_functions"]}
+    assert listed.keys() >= {"env", "optimized_cartpole", "simple_cartpole"}
+    assert listed["env"]["observation_shape"] is None
+    assert listed["optimized_cartpole"]["observation_shape"] == [4]
+    assert listed["simple_cartpole"]["description"]
+
+
+def test_reward_registry_is_importable_from_api() -> None:
+    assert api.REWARD_FUNCTIONS is rewards.REWARD_FUNCTIONS
+
+
+def test_schema_offers_grpos_choices() -> None:
+    fields = TrainRequest.model_fields
+    assert set(fields["advantage"].annotation.__args__) == set(grpo.ADVANTAGE_MODES)
+    assert set(fields["scale_rewards"].annotation.__args__) == set(grpo.SCALE_REWARDS)
+
+
+# persistence
+
+
+def test_history_and_models_survive_a_restart(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        job_id = train(client, model_name="kept", total_timesteps=300)
+        assert wait_for_job(client, job_id)["status"] == "completed"
+    with TestClient(create_app(settings)) as client:
+        status = client.get(f"/training/{job_id}/status").json()
+        assert status["status"] == "completed" and status["model_saved"] is True
+        assert [model["name"] for model in client.get("/models").json()["models"]] == ["kept"]
+        assert client.get("/models/kept").json()["status"] == "saved"  # on disk, not loaded yet
+        assert client.post("/inference", json={"model_name": "kept", "observation": CARTPOLE_OBS}).status_code == 200
+
+
+def test_shutdown_interrupts_running_jobs(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        job_id = train(client, model_name="cut", total_timesteps=150_000)
+        wait_for_job(client, job_id, until=lambda s: s["status"] == "running")
+    with TestClient(create_app(settings)) as client:
+        status = client.get(f"/training/{job_id}/status").json()
+        assert status["status"] == "interrupted" and status["end_time"]
+
+
+def test_jobs_left_running_by_a_crash_become_interrupted(settings: Settings) -> None:
+    db = Database(settings.db_path)
+    for job_id, state in (("crashed-running", JobState.RUNNING), ("crashed-queued", JobState.QUEUED)):
+        db.add_job(
+            JobRecord(
+                job_id=job_id,
+                status=state,
+                model_name="x",
+                env_name="CartPole-v1",
+                config=TrainRequest().model_dump() | {"model_name": "x"},
+                total_timesteps=10,
+                created_at=utcnow(),
+            )
+        )
+    db.close()
+    settings.models_dir.mkdir(parents=True, exist_ok=True)
+    half_written = settings.models_dir / ".x.0123.tmp.zip"
+    half_written.write_bytes(b"PK\x03\x04 half a zip")
+    with TestClient(create_app(settings)) as client:
+        for job_id in ("crashed-running", "crashed-queued"):
+            assert client.get(f"/training/{job_id}/status").json()["status"] == "interrupted"
+        assert client.get("/models").json()["models"] == []
+    assert not half_written.exists()
+
+
+def test_database_is_sqlite_with_the_records(service: TestClient) -> None:
+    path = service.app.state.settings.db_path
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM jobs").fetchone()[0] >= 2
+        assert conn.execute("SELECT name FROM models WHERE name = 'cartpole'").fetchone() == ("cartpole",)
+
+
+# store
+
+
+def _tiny_model() -> GRPO:
+    return GRPO("MlpPolicy", "CartPole-v1", policy_kwargs={"net_arch": [8]}, device="cpu")
+
+
+def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    db = Database(tmp_path / "db.sqlite")
+    store = ModelStore(tmp_path / "models", db, ModelCache(4, 2**30), "cpu")
+    model = _tiny_model()
+
+    def crash_half_way(path: Any, *args: Any, **kwargs: Any) -> None:
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(model, "save", crash_half_way)
+    record = ModelRecord(name="atomic", size_bytes=0, created_at=utcnow())
+    with pytest.raises(OSError):
+        store.save(model, record)
+    assert store.names() == [] and list(store.models_dir.iterdir()) == []
+    monkeypatch.undo()
+    store.save(model, record)
+    assert store.names() == ["atomic"] and db.get_model("atomic") is not None
+
+
+def test_cache_is_bounded_by_count_and_bytes() -> None:
+    model = object()
+    cache = ModelCache(max_models=2, max_bytes=100)
+    cache.put("a", model, 10)  # type: ignore[arg-type]
+    cache.put("b", model, 10)  # type: ignore[arg-type]
+    cache.get("a")  # a is now the most recently used
+    cache.put("c", model, 10)  # type: ignore[arg-type]
+    assert "b" not in cache and "a" in cache and "c" in cache
+    cache.put("d", model, 95)  # type: ignore[arg-type]
+    assert len(cache) == 1 and "d" in cache  # bytes: only the newest fits
+    cache.put("e", model, 500)  # type: ignore[arg-type]
+    assert len(cache) == 1 and "e" in cache  # a model larger than the budget is still served
+
+
+def test_cache_limits_apply_to_served_models(service: TestClient, tmp_path: Path) -> None:
+    source = service.app.state.settings.models_dir
+    settings = make_settings(tmp_path, cache_max_models=1)
+    settings.models_dir.mkdir(parents=True)
+    for name in ("cartpole", "pendulum"):
+        # Zips copied in by hand are served too, with their spaces read from the zip.
+        (settings.models_dir / f"{name}.zip").write_bytes((source / f"{name}.zip").read_bytes())
+    with TestClient(create_app(settings)) as client:
+        client.post("/inference", json={"model_name": "cartpole", "observation": CARTPOLE_OBS})
+        client.post("/inference", json={"model_name": "pendulum", "observation": [1, 0, 0]})
+        status = {model["name"]: model["status"] for model in client.get("/models").json()["models"]}
+        assert status == {"cartpole": "saved", "pendulum": "loaded"}
+        assert client.get("/health").json()["loaded_models"] == 1
+        assert client.get("/models/cartpole").json()["observation_space"]["shape"] == [4]
+
+
+# errors and configuration
+
+
+def test_unexpected_errors_are_500_without_a_trace(settings: Settings) -> None:
+    app = create_app(settings)
+
+    def broken_store() -> None:
+        raise RuntimeError("secret internals")
+
+    app.dependency_overrides[get_store] = broken_store
+    with TestClient(app, raise_server_exceptions=False) as client:
+        response = client.get("/models")
+    assert response.status_code == 500
+    assert response.json() == {"detail": "Internal server error"}
+    assert "secret" not in response.text
+
+
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("GRPO_MODELS_DIR", str(tmp_path / "m"))
+    monkeypatch.setenv("GRPO_MAX_CONCURRENT_JOBS", "3")
+    monkeypatch.setenv("GRPO_CACHE_MAX_BYTES", "1000")
+    settings = Settings()
+    assert settings.models_dir == tmp_path / "m" and settings.db_path == tmp_path / "m" / "grpo.db"
+    assert settings.max_concurrent_jobs == 3 and settings.cache_max_bytes == 1000
+
+
+def test_run_api_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    captured: dict[str, Any] = {}
+
+    def fake_run(app: Any, **kwargs: Any) -> None:
+        captured.update(kwargs, app=app)
+
+    monkeypatch.setattr(run_api.uvicorn, "run", fake_run)
+    monkeypatch.setattr(run_api, "create_app", lambda settings: captured.setdefault("settings", settings))
+    run_api.main(["--port", "8123", "--models-dir", "/tmp/m", "--db", "/tmp/j.db", "--max-concurrent-jobs", "4"])
+    settings = captured["settings"]
+    assert captured["host"] == "127.0.0.1" and captured["port"] == 8123 and captured["log_level"] == "info"
+    assert settings.models_dir == Path("/tmp/m") and settings.db_path == Path("/tmp/j.db")
+    assert settings.max_concurrent_jobs == 4
+
+
+def test_openapi_documents_the_missing_value(service: TestClient) -> None:
+    schema = service.get("/openapi.json").json()
+    value = schema["components"]["schemas"]["InferenceResponse"]["properties"]["value"]
+    assert "no critic" in value["description"]
