@@ -1,0 +1,120 @@
+"""Hyperparameters of the learning benchmark (``benchmarks/learning.py``), one dict per algorithm and env.
+
+Entries keep rl-baselines3-zoo's vocabulary so they can be compared line by line with its ``ppo.yml``:
+``n_envs`` and ``normalize`` shape the training VecEnv, ``"lin_<x>"`` is a schedule decaying linearly from
+``x`` to 0, ``policy_kwargs`` may be a string evaluated with ``torch.nn`` in scope as ``nn``, and every other
+key goes to the algorithm's constructor unchanged. Keys not listed take the algorithm's default.
+"""
+
+from typing import Any
+
+# rl-baselines3-zoo `hyperparams/ppo.yml` (DLR-RM/rl-baselines3-zoo, commit 208b6fdf3a9aa24de44b2e068c6e5f6a07d97fcc),
+# copied verbatim except `n_timesteps` (the benchmark's budget, see BUDGETS in learning.py) and `policy`
+# (always MlpPolicy). The zoo's LunarLander-v3 entry is its LunarLander-v2 entry renamed when gymnasium 1.0
+# retired v2; the values are the same. Acrobot's `normalize: true` means VecNormalize(norm_obs=True,
+# norm_reward=True, gamma=<the algorithm's gamma>), as the zoo's ExperimentManager builds it.
+PPO_ZOO: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "n_envs": 8,
+        "n_steps": 32,
+        "batch_size": 256,
+        "gae_lambda": 0.8,
+        "gamma": 0.98,
+        "n_epochs": 20,
+        "ent_coef": 0.0,
+        "learning_rate": "lin_0.001",
+        "clip_range": "lin_0.2",
+    },
+    "Acrobot-v1": {
+        "normalize": True,
+        "n_envs": 16,
+        "n_steps": 256,
+        "gae_lambda": 0.94,
+        "gamma": 0.99,
+        "n_epochs": 4,
+        "ent_coef": 0.0,
+    },
+    "Pendulum-v1": {
+        "n_envs": 4,
+        "n_steps": 1024,
+        "gae_lambda": 0.95,
+        "gamma": 0.9,
+        "n_epochs": 10,
+        "ent_coef": 0.0,
+        "learning_rate": 1e-3,
+        "clip_range": 0.2,
+        "use_sde": True,
+        "sde_sample_freq": 4,
+    },
+    "LunarLander-v3": {
+        "n_envs": 16,
+        "n_steps": 1024,
+        "batch_size": 64,
+        "gae_lambda": 0.98,
+        "gamma": 0.999,
+        "n_epochs": 4,
+        "ent_coef": 0.01,
+    },
+}
+
+# GRPO's own settings. PLACEHOLDERS, not tuned yet: GRPO's defaults with PPO's `n_envs` (so the steps/s
+# comparison is on the same VecEnv size) and PPO's `gamma`. Tune these, then rerun the benchmark.
+GRPO_SETTINGS: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "n_envs": 8,
+        "normalize": False,
+        "group_size": 8,
+        "n_steps": 256,
+        "batch_size": 64,
+        "n_epochs": 10,
+        "gamma": 0.99,
+        "advantage": "outcome",
+        "scale_rewards": "group",
+        "learning_rate": 3e-4,
+        "clip_range": 0.2,
+    },
+    "Acrobot-v1": {
+        "n_envs": 16,
+        "normalize": False,
+        "group_size": 8,
+        "n_steps": 256,
+        "batch_size": 256,
+        "n_epochs": 10,
+        "gamma": 0.99,
+        "advantage": "outcome",
+        "scale_rewards": "group",
+        "learning_rate": 3e-4,
+        "clip_range": 0.2,
+    },
+    "Pendulum-v1": {
+        "n_envs": 4,
+        "normalize": False,
+        "group_size": 8,
+        "n_steps": 1024,
+        "batch_size": 64,
+        "n_epochs": 10,
+        "gamma": 0.9,
+        "advantage": "process",
+        "scale_rewards": "group",
+        "learning_rate": 1e-3,
+        "clip_range": 0.2,
+        "use_sde": True,
+        "sde_sample_freq": 4,
+    },
+    "LunarLander-v3": {
+        "n_envs": 16,
+        "normalize": False,
+        "group_size": 8,
+        "n_steps": 1024,
+        "batch_size": 64,
+        "n_epochs": 4,
+        "gamma": 0.999,
+        "advantage": "process",
+        "scale_rewards": "group",
+        "learning_rate": 3e-4,
+        "clip_range": 0.2,
+        "ent_coef": 0.01,
+    },
+}
+
+HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {"ppo": PPO_ZOO, "grpo": GRPO_SETTINGS}
