@@ -1,0 +1,98 @@
+import csv
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch as th
+from stable_baselines3.common.utils import LinearSchedule
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def learning():
+    """``benchmarks/learning.py`` is a script, not an installed package: load it from its path."""
+    spec = importlib.util.spec_from_file_location("benchmarks_learning", ROOT / "benchmarks" / "learning.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_zoo_entries_translate_like_the_zoo(learning):
+    setup = learning.model_setup(
+        {
+            "normalize": True,
+            "n_envs": 4,
+            "gamma": 0.98,
+            "learning_rate": "lin_0.001",
+            "policy_kwargs": "dict(log_std_init=-2, activation_fn=nn.ReLU, net_arch=dict(pi=[256], vf=[256]))",
+        }
+    )
+    assert setup.n_envs == 4
+    assert setup.normalize == {"gamma": 0.98}
+    assert isinstance(setup.kwargs["learning_rate"], LinearSchedule)
+    assert setup.kwargs["learning_rate"](1.0) == pytest.approx(1e-3)
+    assert setup.kwargs["learning_rate"](0.25) == pytest.approx(2.5e-4)
+    assert setup.kwargs["policy_kwargs"] == {
+        "log_std_init": -2,
+        "activation_fn": nn.ReLU,
+        "net_arch": {"pi": [256], "vf": [256]},
+    }
+    assert learning.model_setup({"n_envs": 8}).normalize is None
+
+
+def test_markdown_update_keeps_other_sections(learning, tmp_path):
+    path = tmp_path / "benchmarks.md"
+    path.write_text("# Benchmarks\n\n## Throughput\nkept\n")
+    learning.update_markdown(path, f"{learning.MARK_START}\nfirst\n{learning.MARK_END}")
+    learning.update_markdown(path, f"{learning.MARK_START}\nsecond\n{learning.MARK_END}")
+    text = path.read_text()
+    assert "## Throughput\nkept\n" in text
+    assert "second" in text and "first" not in text
+    assert text.count(learning.MARK_START) == 1
+
+
+@pytest.fixture
+def one_torch_thread():
+    """As the benchmark's workers run: several threads on a busy small CPU make the tiny updates crawl."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_quick_benchmark_writes_every_output(learning, tmp_path):
+    budget, every = 2_000, 1_000
+    jobs = learning.make_jobs(
+        ["CartPole-v1"], ["grpo", "ppo"], {"CartPole-v1": [0]}, {"CartPole-v1": budget}, {"CartPole-v1": every}
+    )
+    markdown = tmp_path / "benchmarks.md"
+    results = learning.benchmark(jobs, workers=1, out_dir=tmp_path, markdown=markdown, command="pytest")
+
+    assert [(run.algo, run.seed) for run in results] == [("grpo", 0), ("ppo", 0)]
+    for run in results:
+        assert run.num_timesteps >= budget
+        assert run.steps_per_second > 0
+        assert run.final_return == run.points[-1].mean_return
+
+    with (tmp_path / "learning.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    for algo in ("grpo", "ppo"):
+        points = [row for row in rows if row["algo"] == algo]
+        # both algorithms are evaluated at the same marks, whatever their rollout lengths
+        assert [int(row["timesteps"]) for row in points] == [0, 1_000, 2_000]
+        assert all(0 < float(row["mean_return"]) <= 500 for row in points)  # CartPole's possible returns
+
+    summary = json.loads((tmp_path / "learning_summary.json").read_text())
+    assert set(summary["envs"]["CartPole-v1"]["targets_met"]) == {"steps", "final", "speed"}
+    assert (tmp_path / "learning_curves.png").stat().st_size > 0
+    text = markdown.read_text()
+    section = text[text.index(learning.MARK_START) : text.index(learning.MARK_END)]
+    assert "| CartPole-v1 (475) | 2,000 | 8 / 8 |" in section
+    assert "pytest" in section and "learning_curves.png" in section
