@@ -294,8 +294,20 @@ def action_json(action: np.ndarray, space: spaces.Space) -> Any:
 
 
 @inference_router.post("/inference", response_model=InferenceResponse | BatchInferenceResponse)
-def inference(request: InferenceRequest, store: StoreDep) -> InferenceResponse | BatchInferenceResponse:
-    model = store.load(request.model_name)
+def inference(
+    request: InferenceRequest, store: StoreDep, runner: RunnerDep
+) -> InferenceResponse | BatchInferenceResponse:
+    try:
+        model = store.load(request.model_name)
+    except ModelNotFound:
+        job = runner.training_job_for(request.model_name)
+        if job is None:
+            raise
+        # The document's example asks for a prediction right after starting training: say when to come back.
+        raise ModelNotFound(
+            f"Model {request.model_name!r} is not trained yet: job {job.job_id} is {job.status.value} "
+            f"({job.progress:.0%} done)"
+        ) from None
     single = request.observations is None
     raw = [request.observation] if single else request.observations
     batch = observation_batch(model, raw, request.model_name)

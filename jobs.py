@@ -308,10 +308,15 @@ class JobRunner:
         if not overwrite and self.store.exists(name):
             raise ModelExists(f'Model {name!r} already exists; pass "overwrite": true to replace it')
 
-    def ensure_not_training(self, model_name: str) -> None:
+    def training_job_for(self, model_name: str) -> JobRecord | None:
+        """The queued or running job that will save ``model_name``, if any."""
         with self._lock:
-            if any(job.record.model_name == model_name for job in self._active.values()):
-                raise ModelBusy(f"A queued or running job is training model {model_name!r}; stop it first")
+            job_id = next((job_id for job_id, job in self._active.items() if job.record.model_name == model_name), None)
+        return self.get(job_id) if job_id else None
+
+    def ensure_not_training(self, model_name: str) -> None:
+        if self.training_job_for(model_name) is not None:
+            raise ModelBusy(f"A queued or running job is training model {model_name!r}; stop it first")
 
     def get(self, job_id: str) -> JobRecord:
         record = self.db.get_job(job_id)
