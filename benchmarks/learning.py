@@ -3,7 +3,7 @@
 Every (algorithm, env, seed) run trains for the env's budget and evaluates its deterministic policy each time
 ``num_timesteps`` crosses a multiple of the eval interval (and at the budget), on the same seeded eval episodes
 for every run. It writes, under ``--out`` (default ``docs/benchmarks/``): ``learning.csv`` (every eval point),
-``summary.json`` (per run and per env) and ``learning_curves.png``; and the table between
+``learning_summary.json`` (per run and per env) and ``learning_curves.png``; and the table between
 ``<!-- learning:start -->`` and ``<!-- learning:end -->`` in ``docs/benchmarks.md``.
 
     python benchmarks/learning.py                       # the full benchmark (hours on 2 cores)
@@ -114,17 +114,18 @@ def model_setup(hyperparams: dict[str, Any]) -> ModelSetup:
     kwargs = dict(hyperparams)
     n_envs = kwargs.pop("n_envs", 1)
     normalize = kwargs.pop("normalize", False)
-    if normalize is True:
-        normalize = {}
-    if isinstance(normalize, dict) and "gamma" in kwargs:
-        normalize = {**normalize, "gamma": kwargs["gamma"]}  # the zoo discounts VecNormalize's returns like the algo
+    vec_normalize = None
+    if normalize:
+        vec_normalize = {} if normalize is True else dict(normalize)
+        if "gamma" in kwargs:
+            vec_normalize["gamma"] = kwargs["gamma"]  # the zoo discounts VecNormalize's returns like the algorithm
     for key, value in kwargs.items():
         if isinstance(value, str) and value.startswith("lin_"):
             kwargs[key] = LinearSchedule(float(value.removeprefix("lin_")), 0.0, 1.0)
     if isinstance(kwargs.get("policy_kwargs"), str):
         # The zoo writes policy_kwargs as Python source, e.g. "dict(activation_fn=nn.ReLU, net_arch=[64])".
         kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {"dict": dict}, "nn": nn})
-    return ModelSetup(n_envs=n_envs, normalize=normalize or None, kwargs=kwargs)
+    return ModelSetup(n_envs=n_envs, normalize=vec_normalize, kwargs=kwargs)
 
 
 def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | None, evaluation: bool = False) -> VecEnv:
@@ -166,7 +167,7 @@ class RunResult:
     n_envs: int
     num_timesteps: int  # env steps actually taken: PPO ends its last rollout past the budget
     train_seconds: float  # learn() wall time minus the time spent evaluating
-    steps_to_threshold: int | None  # first eval mark at or above the threshold; None: never
+    steps_to_threshold: int | None  # first eval mark after 0 at or above the threshold; None: never
     final_return: float  # the eval at the budget
     steps_per_second: float
     points: list[EvalPoint]
@@ -214,7 +215,8 @@ class IntervalEvaluation(BaseCallback):
 
 
 def steps_to_threshold(points: Sequence[EvalPoint], threshold: float) -> int | None:
-    return next((point.timesteps for point in points if point.mean_return >= threshold), None)
+    """The first eval mark at or above ``threshold``; the untrained policy (mark 0) is drawn but never counts."""
+    return next((p.timesteps for p in points if p.timesteps > 0 and p.mean_return >= threshold), None)
 
 
 def run_one(job: Job) -> RunResult:
@@ -533,7 +535,8 @@ never gets there counts as infinitely many steps in the median), so its resoluti
 spent evaluating.
 - Evaluation: the deterministic policy on {EVAL_EPISODES} episodes reset with seeds {EVAL_SEED} to \
 {EVAL_SEED + EVAL_EPISODES - 1}, the same for every algorithm, seed and eval point, each time `num_timesteps` \
-crosses a multiple of the eval interval and at the budget. Where an env is normalised (VecNormalize), the eval \
+crosses a multiple of the eval interval and at the budget (plus the untrained policy at 0, drawn in the curves \
+but not counted as reaching the threshold). Where an env is normalised (VecNormalize), the eval \
 env uses the training statistics frozen, and returns are the raw episode returns.
 - **Target met** (issue 2): steps = GRPO's median steps to threshold at most PPO's; final = GRPO's median final \
 return at least PPO's; speed = GRPO's median steps/s at least PPO's.

@@ -44,6 +44,7 @@ def test_zoo_entries_translate_like_the_zoo(learning):
         "net_arch": {"pi": [256], "vf": [256]},
     }
     assert learning.model_setup({"n_envs": 8}).normalize is None
+    assert learning.model_setup({"normalize": True}).normalize == {}
 
 
 def test_markdown_update_keeps_other_sections(learning, tmp_path):
@@ -96,3 +97,9 @@ def test_quick_benchmark_writes_every_output(learning, tmp_path):
     section = text[text.index(learning.MARK_START) : text.index(learning.MARK_END)]
     assert "| CartPole-v1 (475) | 2,000 | 8 / 8 |" in section
     assert "pytest" in section and "learning_curves.png" in section
+
+
+def test_steps_to_threshold_is_the_first_eval_at_or_above_it_after_the_start(learning):
+    points = [learning.EvalPoint(t, r, 0.0) for t, r in [(0, 500.0), (1_000, 100.0), (2_000, 475.0), (3_000, 500.0)]]
+    assert learning.steps_to_threshold(points, 475.0) == 2_000
+    assert learning.steps_to_threshold(points[:2], 475.0) is None
