@@ -446,6 +446,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # torch's thread count is process-wide: set it for the service's life, then give the old one back.
+        previous_threads = th.get_num_threads()
         if settings.torch_threads is not None:
             th.set_num_threads(settings.torch_threads)
         db = Database(settings.db_path)
@@ -462,6 +464,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # Stopping jobs waits for their threads; keep the event loop free meanwhile.
             await anyio.to_thread.run_sync(runner.shutdown)
             db.close()
+            th.set_num_threads(previous_threads)
 
     app = FastAPI(
         title="GRPO API",

@@ -1,8 +1,10 @@
 """Every endpoint and error path of the service, through FastAPI's TestClient."""
 
 import sqlite3
+import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -17,6 +19,7 @@ import rewards
 import run_api
 from api import create_app, get_store
 from grpo import GRPO
+from jobs import JobCallback, StopTraining
 from schemas import TrainRequest
 from settings import Settings
 from store import Database, JobRecord, JobState, ModelCache, ModelRecord, ModelStore, utcnow
@@ -152,6 +155,26 @@ def test_live_progress_and_stop_keep_the_model(client: TestClient) -> None:
     assert client.post("/inference", json={"model_name": "stopped", "observation": CARTPOLE_OBS}).status_code == 200
     # A finished job cannot be stopped again.
     assert client.post(f"/training/{job_id}/stop").status_code == 409
+
+
+def test_stop_cuts_a_long_update_short() -> None:
+    # 10,000 epochs per update would take minutes: the stop must land between two gradient steps.
+    job = SimpleNamespace(stop_requested=threading.Event(), timesteps=0, metrics={})
+    model = GRPO("MlpPolicy", "CartPole-v1", n_steps=16, n_epochs=10_000, policy_kwargs={"net_arch": [8]}, device="cpu")
+
+    class StopDuringTheUpdate(JobCallback):
+        def _on_rollout_end(self) -> None:
+            super()._on_rollout_end()
+            threading.Timer(0.2, job.stop_requested.set).start()
+
+    callback = StopDuringTheUpdate(job, report=lambda job: None)  # type: ignore[arg-type]
+    started = time.monotonic()
+    with pytest.raises(StopTraining):
+        model.learn(100_000, callback=callback)
+    callback.detach()
+    assert time.monotonic() - started < 5.0
+    assert model.policy.optimizer.state  # it did update before the stop, and the weights are whole
+    assert all(th.isfinite(p).all() for p in model.policy.parameters())
 
 
 def test_queue_runs_jobs_in_order_and_stops_queued_ones(tmp_path: Path) -> None:
