@@ -35,6 +35,7 @@ from rewards import REWARD_FUNCTIONS, describe
 from schemas import (
     BatchInferenceResponse,
     DeleteResponse,
+    ErrorMessage,
     EvaluateRequest,
     EvaluateResponse,
     HealthResponse,
@@ -50,7 +51,6 @@ from schemas import (
     RewardFunctionList,
     RootResponse,
     StopResponse,
-    TrainingConfig,
     TrainRequest,
     TrainResponse,
 )
@@ -66,6 +66,7 @@ from store import (
     ModelNotFound,
     ModelRecord,
     ModelStore,
+    ModelUnreadable,
     ServiceError,
     utcnow,
 )
@@ -84,6 +85,7 @@ class InvalidObservation(ServiceError):
 ERROR_STATUS: dict[type[ServiceError], int] = {
     ModelNotFound: 404,
     JobNotFound: 404,
+    ModelUnreadable: 500,
     ModelExists: 409,
     ModelBusy: 409,
     JobNotActive: 409,
@@ -92,6 +94,19 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     UnknownEnvironment: 400,
     InvalidObservation: 400,
 }
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid parameters",
+    404: "No such job or model",
+    409: "Conflicts with the current state (name taken, job finished, model in training)",
+    500: "A stored model cannot be read",
+}
+
+
+def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the error answers a route can give (422 FastAPI declares itself)."""
+    return {code: {"model": ErrorMessage, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
 
 
 # dependencies
@@ -181,7 +196,7 @@ async def health(runner: RunnerDep, store: StoreDep) -> HealthResponse:
 training_router = APIRouter(tags=["training"])
 
 
-@training_router.post("/train", response_model=TrainResponse)
+@training_router.post("/train", response_model=TrainResponse, responses=errors(400, 409))
 def train(runner: RunnerDep, request: Annotated[TrainRequest | None, Body()] = None) -> TrainResponse:
     # No body at all trains with every default, like an empty one.
     record, config, position = runner.submit(request or TrainRequest())
@@ -194,7 +209,7 @@ def list_jobs(runner: RunnerDep) -> JobList:
     return JobList(jobs=[JobSummary(**_summary_fields(record)) for record in runner.list()])
 
 
-@training_router.get("/training/{job_id}/status", response_model=JobStatus)
+@training_router.get("/training/{job_id}/status", response_model=JobStatus, responses=errors(404))
 def job_status(job_id: str, runner: RunnerDep) -> JobStatus:
     record = runner.get(job_id)
     return JobStatus(
@@ -207,11 +222,11 @@ def job_status(job_id: str, runner: RunnerDep) -> JobStatus:
         message=record.message,
         model_saved=record.model_saved,
         metrics=record.metrics,
-        config=TrainingConfig(**record.config),
+        config=record.config,
     )
 
 
-@training_router.post("/training/{job_id}/stop", response_model=StopResponse)
+@training_router.post("/training/{job_id}/stop", response_model=StopResponse, responses=errors(404, 409))
 def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     record = runner.stop(job_id)
     message = "Training job stopped"
@@ -293,7 +308,9 @@ def action_json(action: np.ndarray, space: spaces.Space) -> Any:
     return action.astype(int).tolist()
 
 
-@inference_router.post("/inference", response_model=InferenceResponse | BatchInferenceResponse)
+@inference_router.post(
+    "/inference", response_model=InferenceResponse | BatchInferenceResponse, responses=errors(400, 404, 500)
+)
 def inference(
     request: InferenceRequest, store: StoreDep, runner: RunnerDep
 ) -> InferenceResponse | BatchInferenceResponse:
@@ -344,7 +361,7 @@ def list_models(store: StoreDep) -> ModelList:
     return ModelList(models=[ModelSummary(**_model_summary(record, store)) for record in store.list()])
 
 
-@models_router.get("/models/{model_name}", response_model=ModelInfo)
+@models_router.get("/models/{model_name}", response_model=ModelInfo, responses=errors(404, 500))
 def model_info(model_name: ModelNameParam, store: StoreDep) -> ModelInfo:
     record = store.info(model_name)
     return ModelInfo(
@@ -361,7 +378,7 @@ def model_info(model_name: ModelNameParam, store: StoreDep) -> ModelInfo:
 @models_router.get(
     "/models/{model_name}/download",
     response_class=Response,
-    responses={200: {"content": {"application/zip": {}}, "description": "The model's SB3 zip"}},
+    responses={200: {"content": {"application/zip": {}}, "description": "The model's SB3 zip"}, **errors(404)},
 )
 def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
     return Response(
@@ -371,7 +388,7 @@ def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
     )
 
 
-@models_router.post("/models/{model_name}/evaluate", response_model=EvaluateResponse)
+@models_router.post("/models/{model_name}/evaluate", response_model=EvaluateResponse, responses=errors(400, 404, 500))
 def evaluate_model(
     model_name: ModelNameParam,
     store: StoreDep,
@@ -408,7 +425,7 @@ def evaluate_model(
     )
 
 
-@models_router.delete("/models/{model_name}", response_model=DeleteResponse)
+@models_router.delete("/models/{model_name}", response_model=DeleteResponse, responses=errors(404, 409))
 def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep) -> DeleteResponse:
     runner.ensure_not_training(model_name)
     store.delete(model_name)

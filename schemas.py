@@ -33,6 +33,12 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class ErrorMessage(BaseModel):
+    """Every 4xx/5xx answer but 422's: what went wrong, in words."""
+
+    detail: str
+
+
 # root and health
 
 
@@ -131,7 +137,8 @@ class JobStatus(JobSummary):
         description="Latest values of SB3's logger keys: rollout/ep_rew_mean (the environment's own return), "
         "train/policy_loss, train/entropy_loss, train/approx_kl, train/clip_fraction, time/fps, ..."
     )
-    config: TrainingConfig
+    # Plain values: a record written by an older version must still be readable.
+    config: dict[str, Any] = Field(description="The settings the job runs with (TrainingConfig)")
 
 
 class StopResponse(BaseModel):

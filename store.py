@@ -60,6 +60,10 @@ class ModelBusy(ServiceError):
     pass
 
 
+class ModelUnreadable(ServiceError):
+    """A file in the models folder that GRPO.load cannot read: the store is damaged, not the request."""
+
+
 class JobState(str, Enum):
     QUEUED = "queued"
     RUNNING = "running"
@@ -396,9 +400,13 @@ class ModelStore:
             model = self.cache.get(name)
             if model is not None:
                 return model
-            if not path.is_file():
-                raise ModelNotFound(f"Model {name!r} not found")
-            model = GRPO.load(path, device=self.device)
+            try:
+                model = GRPO.load(path, device=self.device)
+            except FileNotFoundError:  # also when deleted between a listing and this load
+                raise ModelNotFound(f"Model {name!r} not found") from None
+            except Exception as error:  # a damaged or foreign zip: whatever SB3's loader throws
+                logger.exception("model %s cannot be loaded", name)
+                raise ModelUnreadable(f"Model {name!r} cannot be loaded: {type(error).__name__}") from error
             model.policy.set_training_mode(False)
             self.cache.put(name, model, memory_bytes(model))
             logger.info("model %s loaded", name)

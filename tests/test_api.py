@@ -74,12 +74,14 @@ def test_interactive_docs(service: TestClient, path: str) -> None:
     assert service.get(path).status_code == 200
 
 
-def test_every_route_declares_its_response(service: TestClient) -> None:
+def test_every_route_declares_its_responses(service: TestClient) -> None:
     schema = service.get("/openapi.json").json()
     for path, operations in schema["paths"].items():
         for method, operation in operations.items():
             content = operation["responses"]["200"].get("content", {})
             assert content, f"{method.upper()} {path} has no response schema"
+    assert {"400", "409", "422"} <= schema["paths"]["/train"]["post"]["responses"].keys()
+    assert {"400", "404", "422"} <= schema["paths"]["/inference"]["post"]["responses"].keys()
 
 
 # training
@@ -434,6 +436,17 @@ def test_delete(client: TestClient) -> None:
     assert client.post("/inference", json={"model_name": "doomed", "observation": CARTPOLE_OBS}).status_code == 404
     assert client.delete("/models/doomed").status_code == 404
     assert client.delete("/models/bad%2Fname").status_code in (404, 422)
+
+
+def test_a_damaged_model_file_is_a_clear_500(client: TestClient) -> None:
+    models_dir = client.app.state.settings.models_dir
+    (models_dir / "damaged.zip").write_bytes(b"not a zip at all")
+    response = client.post("/inference", json={"model_name": "damaged", "observation": CARTPOLE_OBS})
+    assert response.status_code == 500
+    assert "cannot be loaded" in response.json()["detail"]
+    assert_no_trace(response)
+    assert client.get("/models/damaged").status_code == 500
+    assert client.delete("/models/damaged").status_code == 200  # and it can be cleaned up
 
 
 def test_acrobot_model_serves_without_its_environment(client: TestClient) -> None:
