@@ -81,6 +81,10 @@ class InvalidObservation(ServiceError):
     pass
 
 
+class InvalidEvaluation(ServiceError):
+    pass
+
+
 # Every domain error and the status code a client sees for it; the first matching class wins.
 ERROR_STATUS: dict[type[ServiceError], int] = {
     ModelNotFound: 404,
@@ -93,6 +97,7 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     InvalidTrainingRequest: 400,
     UnknownEnvironment: 400,
     InvalidObservation: 400,
+    InvalidEvaluation: 400,
 }
 
 
@@ -112,10 +117,6 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 # dependencies
 
 
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
-
-
 def get_store(request: Request) -> ModelStore:
     return request.app.state.store
 
@@ -124,7 +125,6 @@ def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 ModelNameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
@@ -398,10 +398,10 @@ def evaluate_model(
     model = store.load(model_name)
     env_name = request.env_name or store.info(model_name).env_name
     if env_name is None:
-        raise InvalidTrainingRequest(f"Model {model_name!r} has no recorded environment; give env_name")
+        raise InvalidEvaluation(f"Model {model_name!r} has no recorded environment; give env_name")
     observation_space, action_space = environment_spaces(env_name)
     if observation_space.shape != model.observation_space.shape or action_space != model.action_space:
-        raise InvalidTrainingRequest(f"Model {model_name!r} does not fit the spaces of {env_name!r}")
+        raise InvalidEvaluation(f"Model {model_name!r} does not fit the spaces of {env_name!r}")
     env = make_vec_env(env_name, n_envs=1, seed=request.seed)
     try:
         returns, lengths = evaluate_policy(

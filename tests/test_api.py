@@ -586,6 +586,10 @@ def test_cache_limits_apply_to_served_models(service: TestClient, tmp_path: Path
         assert status == {"cartpole": "saved", "pendulum": "loaded"}
         assert client.get("/health").json()["loaded_models"] == 1
         assert client.get("/models/cartpole").json()["observation_space"]["shape"] == [4]
+        # No record of its environment: evaluation needs one named.
+        assert client.post("/models/cartpole/evaluate", json={"n_episodes": 1}).status_code == 400
+        body = {"n_episodes": 1, "env_name": "CartPole-v1"}
+        assert client.post("/models/cartpole/evaluate", json=body).json()["env_name"] == "CartPole-v1"
 
 
 # errors and configuration
