@@ -181,7 +181,7 @@ def test_stop_cuts_a_long_update_short() -> None:
 
 def test_queue_runs_jobs_in_order_and_stops_queued_ones(tmp_path: Path) -> None:
     with TestClient(create_app(make_settings(tmp_path, max_concurrent_jobs=1))) as client:
-        first = train(client, model_name="q1", total_timesteps=600)
+        first = train(client, model_name="q1", total_timesteps=3000)  # still running when q2 and q3 arrive
         second_response = client.post("/train", json={**TINY, "model_name": "q2", "total_timesteps": 300})
         third = train(client, model_name="q3", total_timesteps=300)
         second = second_response.json()["job_id"]
