@@ -32,7 +32,7 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 RewardFunction = Callable[[Any, th.Tensor, Any], th.Tensor]
 Observation = np.ndarray | dict[str, np.ndarray]
 
-ADVANTAGE_MODES = ("outcome", "process")
+ADVANTAGE_MODES = ("outcome", "process", "timestep")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -158,6 +158,29 @@ def _normalize(values: np.ndarray, groups: np.ndarray, scale_rewards: str) -> tu
     return normalized, GroupStats(len(zero_std), int(zero_std.sum()))
 
 
+def _episode_starts(episodes: np.ndarray) -> np.ndarray:
+    return np.r_[True, episodes[1:] != episodes[:-1]]
+
+
+def _steps_in_episode(starts: np.ndarray) -> np.ndarray:
+    index = np.arange(len(starts))
+    return index - np.maximum.accumulate(np.where(starts, index, 0))
+
+
+def _episode_returns(
+    rewards: np.ndarray, episodes: np.ndarray, n_episodes: int, gamma: float, step: np.ndarray
+) -> np.ndarray:
+    return np.bincount(episodes, weights=rewards * gamma**step, minlength=n_episodes)
+
+
+def _outcome_stats(
+    rewards: np.ndarray, episodes: np.ndarray, episode_groups: np.ndarray, gamma: float, step: np.ndarray
+) -> GroupStats:
+    """Group counts as the outcome mode sees them: a group is flat when all its episode returns are equal."""
+    returns = _episode_returns(rewards, episodes, len(episode_groups), gamma, step)
+    return _normalize(returns, episode_groups, "group")[1]
+
+
 def discounted_cumsum(values: np.ndarray, episode_starts: np.ndarray, gamma: float) -> np.ndarray:
     """Return-to-go ``sum_k gamma^k values[t+k]`` within each episode of a flat, time-ordered array."""
     out = np.empty_like(values, dtype=np.float64)
@@ -184,9 +207,8 @@ def outcome_advantages(
     :param episodes: dense episode id (0..E-1) of each step, episodes contiguous
     :param episode_groups: dense group id (0..K-1) of each episode
     """
-    starts = np.r_[True, episodes[1:] != episodes[:-1]]
-    step = np.arange(len(rewards)) - np.maximum.accumulate(np.where(starts, np.arange(len(rewards)), 0))
-    returns = np.bincount(episodes, weights=rewards * gamma**step, minlength=len(episode_groups))
+    step = _steps_in_episode(_episode_starts(episodes))
+    returns = _episode_returns(rewards, episodes, len(episode_groups), gamma, step)
     episode_advantages, stats = _normalize(returns, episode_groups, scale_rewards)
     return episode_advantages[episodes], stats
 
@@ -201,11 +223,35 @@ def process_advantages(
     """Process supervision (DeepSeekMath 4.1.3): every step reward is normalised against all step rewards of
     its group, and a step's advantage is the (``gamma``-discounted) sum of the normalised rewards from it on."""
     normalized, stats = _normalize(rewards, episode_groups[episodes], scale_rewards)
-    starts = np.r_[True, episodes[1:] != episodes[:-1]]
-    return discounted_cumsum(normalized, starts, gamma), stats
+    return discounted_cumsum(normalized, _episode_starts(episodes), gamma), stats
 
 
-ADVANTAGE_FUNCTIONS = {"outcome": outcome_advantages, "process": process_advantages}
+def timestep_advantages(
+    rewards: np.ndarray,
+    episodes: np.ndarray,
+    episode_groups: np.ndarray,
+    gamma: float,
+    scale_rewards: str = "group",
+) -> tuple[np.ndarray, GroupStats]:
+    """Per-timestep group baseline: a step's discounted return-to-go minus the mean return-to-go of its group's
+    members at the same step index (0 for members whose episode already ended), scaled by the std of the
+    group's returns-to-go. Members share their start, so step t of each is a fair comparison; a group-wide
+    scale keeps tiny differences between near-identical early steps from being blown up."""
+    starts = _episode_starts(episodes)
+    step = _steps_in_episode(starts)
+    to_go = discounted_cumsum(rewards, starts, gamma)
+    groups = episode_groups[episodes]
+    n_groups = int(episode_groups.max()) + 1
+    members = np.bincount(episode_groups, minlength=n_groups)[groups]
+    horizon = int(step.max()) + 1
+    slot = groups * horizon + step  # (group, step index)
+    baseline = np.bincount(slot, weights=to_go, minlength=n_groups * horizon)[slot] / members
+    _, divisor, _ = _group_scale(to_go, groups, scale_rewards)
+    advantages = np.where(divisor > 1e-8, (to_go - baseline) / (divisor + 1e-8), 0.0)
+    return advantages, _outcome_stats(rewards, episodes, episode_groups, gamma, step)
+
+
+ADVANTAGE_FUNCTIONS = {"outcome": outcome_advantages, "process": process_advantages, "timestep": timestep_advantages}
 
 
 def k3_kl(log_prob: th.Tensor, ref_log_prob: th.Tensor) -> th.Tensor:
@@ -453,8 +499,10 @@ class GRPO(OnPolicyAlgorithm):
     :param n_epochs: Number of epochs when optimizing the surrogate loss
     :param group_size: Number of episodes per group (G); at least 2
     :param gamma: Discount factor of the returns that are compared within a group
-    :param advantage: ``"outcome"``: an episode's return, normalised in its group, for all its steps;
-        ``"process"``: step rewards normalised in the group, advantage = their return-to-go
+    :param advantage: ``"timestep"``: a step's return-to-go against its group's return-to-go at the same step
+        index (a per-timestep group baseline); ``"outcome"``: an episode's return, normalised in its group, for
+        all its steps (DeepSeekMath); ``"process"``: step rewards normalised in the group, advantage = their
+        return-to-go (DeepSeekMath)
     :param scale_rewards: Divide by the std of the ``"group"`` (DeepSeekMath), of the whole ``"batch"``, or
         ``"none"`` (Dr. GRPO)
     :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
@@ -493,11 +541,11 @@ class GRPO(OnPolicyAlgorithm):
         env: GymEnv | str,
         learning_rate: float | Schedule = 3e-4,
         n_steps: int = 256,
-        batch_size: int = 64,
+        batch_size: int = 256,
         n_epochs: int = 10,
-        group_size: int = 8,
+        group_size: int = 16,
         gamma: float = 0.99,
-        advantage: str = "outcome",
+        advantage: str = "timestep",
         scale_rewards: str = "group",
         clip_range: float | Schedule = 0.2,
         clip_range_high: float | Schedule | None = None,
@@ -623,15 +671,6 @@ class GRPO(OnPolicyAlgorithm):
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset=force_reset)
         install_group_reset(self.env)  # type: ignore[arg-type]
-        if self.rollout_buffer.n_envs != self.n_envs:
-            self.rollout_buffer = GroupRolloutBuffer(
-                self.observation_space,
-                self.action_space,
-                device=self.device,
-                n_envs=self.n_envs,
-                group_size=self.group_size,
-                store_next_obs=bool(self._reward_functions()),
-            )
 
     # ---------------------------------------------------------------------------------------- group starts --
 
