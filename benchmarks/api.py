@@ -132,7 +132,7 @@ def wait_for_job(base: str, job_id: str, timeout: float = 600) -> dict[str, Any]
         status = httpx.get(f"{base}/training/{job_id}/status").json()
         if status["status"] not in ("queued", "running"):
             return status
-        time.sleep(0.2)
+        time.sleep(0.5)  # sparse polls: each costs the server a little of the CPU it trains on
     raise RuntimeError(f"job {job_id} did not finish")
 
 
@@ -160,6 +160,7 @@ def row(name: str, concurrency: int | str, result: dict[str, float]) -> str:
 
 def run(duration: float, output: Path) -> str:
     th.set_num_threads(1)  # as the server does (Settings.torch_threads)
+    load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
@@ -266,7 +267,9 @@ def run(duration: float, output: Path) -> str:
             f"({platform.processor() or platform.machine()}), "
             f"Python {platform.python_version()}, torch {th.__version__} (1 intra-op thread), one uvicorn worker; "
             f"client (httpx, asyncio) and server share the machine. Each cell: {duration:.0f} s of requests. "
-            "Model: CartPole, SB3's default [64, 64] policy.",
+            "Model: CartPole, SB3's default [64, 64] policy. "
+            f"Load average (1 min) before the run: {load_before:.2f}, after: {os.getloadavg()[0]:.2f} "
+            "(anything well above 0 means other work shared the CPUs and the numbers are noisier).",
             "",
             "### Targets",
             "",
