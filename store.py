@@ -72,10 +72,6 @@ class JobState(str, Enum):
     STOPPED = "stopped"
     INTERRUPTED = "interrupted"
 
-    @property
-    def active(self) -> bool:
-        return self in (JobState.QUEUED, JobState.RUNNING)
-
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)

@@ -22,7 +22,7 @@ from grpo import GRPO
 from jobs import JobCallback, StopTraining
 from schemas import TrainRequest
 from settings import Settings
-from store import Database, JobRecord, JobState, ModelCache, ModelRecord, ModelStore, utcnow
+from store import Database, InvalidName, JobRecord, JobState, ModelCache, ModelRecord, ModelStore, utcnow
 
 CARTPOLE_OBS = [0.1, 0.0, 0.05, 0.0]
 DOC_TRAIN_DEFAULTS = {
@@ -556,6 +556,13 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     monkeypatch.undo()
     store.save(model, record)
     assert store.names() == ["atomic"] and db.get_model("atomic") is not None
+
+
+@pytest.mark.parametrize("name", ["../escape", "/abs", "a/b", ".hidden", "", "x" * 65, "name\x00"])
+def test_the_store_builds_no_path_from_a_bad_name(tmp_path: Path, name: str) -> None:
+    store = ModelStore(tmp_path / "models", Database(tmp_path / "db.sqlite"), ModelCache(1, 1), "cpu")
+    with pytest.raises(InvalidName):
+        store.path_for(name)
 
 
 def test_cache_is_bounded_by_count_and_bytes() -> None:
