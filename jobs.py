@@ -24,7 +24,7 @@ from stable_baselines3.common.env_util import make_vec_env
 
 from grpo import GRPO
 from rewards import REWARD_FUNCTIONS, fits
-from schemas import TrainingConfig, TrainRequest
+from schemas import GRPO_ARGUMENTS, TrainingConfig, TrainRequest
 from settings import Settings
 from store import (
     Database,
@@ -129,21 +129,23 @@ def build_model(config: TrainingConfig, device: str) -> GRPO:
         n_steps=config.n_steps,
         batch_size=config.batch_size,
         n_epochs=config.n_epochs,
-        group_size=config.group_size,
-        gamma=config.gamma,
-        advantage=config.advantage,
-        scale_rewards=config.scale_rewards,
-        clip_range=config.clip_range,
-        clip_range_high=config.clip_range_high,
-        beta=config.beta,
-        ent_coef=config.ent_coef,
-        max_grad_norm=config.max_grad_norm,
-        target_kl=config.target_kl,
         reward_function=REWARD_FUNCTIONS[config.reward_function_type],
         policy_kwargs={"net_arch": config.net_arch} if config.net_arch is not None else None,
         seed=config.seed,
         device=device,
+        # Only what the request set: GRPO's own defaults stay GRPO's.
+        **config.model_dump(include=GRPO_ARGUMENTS, exclude_none=True),
     )
+
+
+def hyperparameters(config: TrainingConfig, model: GRPO) -> dict[str, Any]:
+    """The job's settings, with the GRPO defaults it left open read back from the trained model."""
+    values = config.model_dump(exclude={"model_name", "overwrite"})
+    for name in GRPO_ARGUMENTS:
+        actual = getattr(model, name, None)
+        if values[name] is None and isinstance(actual, (bool, int, float, str)):
+            values[name] = actual
+    return values
 
 
 class Executor(Protocol):
@@ -421,7 +423,7 @@ class JobRunner:
                     created_at=utcnow(),
                     env_name=job.config.env_name,
                     job_id=job.record.job_id,
-                    hyperparameters=job.config.model_dump(exclude={"model_name", "overwrite"}),
+                    hyperparameters=hyperparameters(job.config, model),
                     metrics=job.metrics,
                     timesteps=model.num_timesteps,
                 ),

@@ -8,7 +8,24 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from grpo import ADVANTAGE_MODES, SCALE_REWARDS
 from store import MODEL_NAME_PATTERN, JobState
+
+# The request fields that go to GRPO's constructor as they are, when given.
+GRPO_ARGUMENTS = frozenset(
+    {
+        "group_size",
+        "advantage",
+        "scale_rewards",
+        "gamma",
+        "clip_range",
+        "clip_range_high",
+        "beta",
+        "ent_coef",
+        "max_grad_norm",
+        "target_kl",
+    }
+)
 
 ModelName = Annotated[
     str,
@@ -60,7 +77,7 @@ class HealthResponse(BaseModel):
 
 
 class TrainRequest(StrictModel):
-    """A training job. Every field is optional; the first eight are the API document's."""
+    """A training job. Every field is optional; the first eight are the API document's, with its defaults."""
 
     env_name: str = Field("CartPole-v1", min_length=1, max_length=200, description="Gymnasium environment id")
     total_timesteps: int = Field(10_000, ge=1, description="Environment steps to train for (the server caps it)")
@@ -75,21 +92,20 @@ class TrainRequest(StrictModel):
         "Omitted: 'optimized_cartpole' for CartPole, 'env' for other environments",
     )
     model_name: ModelName | None = Field(None, description="Name to save the model under (default: generated)")
-    # GRPO's own settings and the rest of the constructor, all optional.
-    group_size: int = Field(8, ge=2, le=1_024, description="Trajectories per group whose returns are compared")
-    # The choices of grpo.ADVANTAGE_MODES and grpo.SCALE_REWARDS, spelt out so the OpenAPI schema lists them.
-    advantage: Literal["outcome", "process", "timestep"] = Field(
-        "outcome", description="How an episode's rewards become advantages (see grpo.GRPO)"
+    # GRPO's constructor arguments beyond the document's: null (the default) keeps GRPO's own default.
+    group_size: int | None = Field(None, ge=2, le=1_024, description="Episodes per group compared with each other")
+    advantage: Literal[ADVANTAGE_MODES] | None = Field(  # type: ignore[valid-type]
+        None, description="How rewards become advantages (see grpo.GRPO)"
     )
-    scale_rewards: Literal["group", "batch", "none"] = Field(
-        "group", description="Divide advantages by the std of the group (DeepSeekMath), the batch, or none (Dr. GRPO)"
+    scale_rewards: Literal[SCALE_REWARDS] | None = Field(  # type: ignore[valid-type]
+        None, description="Divide advantages by the std of the group (DeepSeekMath), the batch, or none (Dr. GRPO)"
     )
-    gamma: float = Field(0.99, ge=0, le=1)
-    clip_range: float = Field(0.2, gt=0, le=1)
-    clip_range_high: float | None = Field(None, gt=0, le=1, description="DAPO's upper clip (default: clip_range)")
-    beta: float = Field(0.0, ge=0, le=10, description="Weight of the KL penalty to the reference policy")
-    ent_coef: float = Field(0.0, ge=0, le=1)
-    max_grad_norm: float = Field(0.5, gt=0, le=1_000)
+    gamma: float | None = Field(None, ge=0, le=1)
+    clip_range: float | None = Field(None, gt=0, le=1)
+    clip_range_high: float | None = Field(None, gt=0, le=1, description="DAPO's upper clip (null: clip_range)")
+    beta: float | None = Field(None, ge=0, le=10, description="Weight of the KL penalty to the reference policy")
+    ent_coef: float | None = Field(None, ge=0, le=1)
+    max_grad_norm: float | None = Field(None, gt=0, le=1_000)
     target_kl: float | None = Field(None, gt=0, le=10)
     n_envs: int = Field(1, ge=1, le=64, description="Environments stepped side by side")
     seed: int | None = Field(None, ge=0, le=2**32 - 1)

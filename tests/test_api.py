@@ -112,6 +112,17 @@ def test_other_environments_default_to_their_own_reward(client: TestClient) -> N
     assert wait_for_job(client, job_id)["status"] == "completed"
 
 
+def test_grpo_arguments_reach_the_model(client: TestClient) -> None:
+    body = {"group_size": 4, "advantage": "outcome", "scale_rewards": "none", "beta": 0.05, "gamma": 0.95}
+    job_id = train(client, model_name="args", total_timesteps=300, **body)
+    status = wait_for_job(client, job_id)
+    assert status["status"] == "completed", status
+    assert "train/kl_ref" in status["metrics"]  # beta > 0 trains against the reference policy
+    model = client.app.state.store.load("args")
+    assert {name: getattr(model, name) for name in body} == body
+    assert client.get("/models/args").json()["hyperparameters"]["group_size"] == 4
+
+
 def test_status_reports_progress_and_metrics(service: TestClient) -> None:
     job = next(job for job in service.get("/training/jobs").json()["jobs"] if job["model_name"] == "cartpole")
     status = service.get(f"/training/{job['job_id']}/status").json()
@@ -389,6 +400,8 @@ def test_model_metadata(service: TestClient) -> None:
     assert info["action_space"]["shape"] == [1] and info["action_space"]["high"] == [2.0]
     assert info["hyperparameters"]["reward_function_type"] == "env"
     assert info["hyperparameters"]["net_arch"] == [16]
+    # Left to GRPO's defaults in the request, read back from the model.
+    assert info["hyperparameters"]["group_size"] == GRPO("MlpPolicy", "Pendulum-v1", device="cpu").group_size
     assert "time/fps" in info["metrics"] and info["timesteps"] >= 400 and info["size_bytes"] > 0
     assert service.get("/models/missing").status_code == 404
     assert service.get("/models/..%2F..%2Fetc").status_code in (404, 422)
@@ -471,9 +484,10 @@ def test_reward_registry_is_importable_from_api() -> None:
 
 
 def test_schema_offers_grpos_choices() -> None:
-    fields = TrainRequest.model_fields
-    assert set(fields["advantage"].annotation.__args__) == set(grpo.ADVANTAGE_MODES)
-    assert set(fields["scale_rewards"].annotation.__args__) == set(grpo.SCALE_REWARDS)
+    schema = TrainRequest.model_json_schema()["properties"]
+    assert set(schema["advantage"]["anyOf"][0]["enum"]) == set(grpo.ADVANTAGE_MODES)
+    assert set(schema["scale_rewards"]["anyOf"][0]["enum"]) == set(grpo.SCALE_REWARDS)
+    assert schema["group_size"]["default"] is None  # GRPO's own default, whatever it is
 
 
 # persistence
