@@ -3,11 +3,14 @@
 GRPO (Shao et al. 2024, "DeepSeekMath", arXiv:2402.03300) replaces PPO's learned critic with a group baseline:
 several samples that share a starting point are compared with each other, and each one's advantage is its
 reward normalised within the group. In an environment a *group* is ``group_size`` episodes reset with one
-shared seed, so they start from the same state and differ only by the actions the policy sampled.
+shared seed, so they start from the same state and differ only by the actions the policy sampled; or, in
+branching mode (``group_mode="state"``), the actions tried from one visited state, each in its own copy of the
+environment.
 """
 
 import copy
 from collections.abc import Callable, Generator, Sequence
+from contextlib import contextmanager
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import gymnasium as gym
@@ -16,6 +19,7 @@ import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -25,7 +29,15 @@ from stable_baselines3.common.policies import (
 )
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
 from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
-from stable_baselines3.common.vec_env import DummyVecEnv, VecEnv
+from stable_baselines3.common.vec_env import (
+    DummyVecEnv,
+    VecCheckNan,
+    VecEnv,
+    VecEnvWrapper,
+    VecMonitor,
+    VecNormalize,
+    VecTransposeImage,
+)
 
 SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 
@@ -33,6 +45,7 @@ RewardFunction = Callable[[Any, th.Tensor, Any], th.Tensor]
 Observation = np.ndarray | dict[str, np.ndarray]
 
 ADVANTAGE_MODES = ("outcome", "process", "timestep")
+GROUP_MODES = ("episode", "state")
 SCALE_REWARDS = ("group", "batch", "none")
 
 
@@ -116,6 +129,167 @@ def _is_wrapped(env: gym.Env) -> bool:
             return True
         env = env.env
     return False
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Branches (state mode): forks of a sub-environment at its current state
+# --------------------------------------------------------------------------------------------------------------
+
+# Wrappers that only keep books (episode statistics, reset seeds): a fork leaves them out, so that a branch
+# neither copies their history nor writes to their files.
+_BOOKKEEPING_WRAPPERS: tuple[type[gym.Wrapper], ...] = (GroupResetWrapper, Monitor)
+# VecEnv wrappers whose observation transform GRPO replays on branch observations (None: they pass obs as is).
+_VEC_OBS_TRANSFORMS: dict[type[VecEnvWrapper], str | None] = {
+    VecMonitor: None,
+    VecCheckNan: None,
+    VecTransposeImage: "transpose_observations",
+    VecNormalize: "normalize_obs",  # with the running statistics, which branches never update
+}
+
+
+class Branch:
+    """One tried action's private copy of an environment; ``state`` is only used by :class:`StateSwapFork`."""
+
+    def __init__(self, env: gym.Env, state: Any = None):
+        self.env = env
+        self.state = state
+
+
+class DeepCopyFork:
+    """Branches are deep copies of the environment (its ``np_random`` included); the original is never touched.
+
+    Gymnasium's classic control, box2d and toy text environments copy out of the box.
+    """
+
+    def __init__(self, env: gym.Env):
+        self.env = env
+
+    def branch(self) -> Branch:
+        return Branch(copy.deepcopy(self.env))
+
+    def step(self, branch: Branch, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        return branch.env.step(action)
+
+    def restore(self) -> None:
+        """Nothing to put back: only the copies were stepped."""
+
+
+class StateSwapFork:
+    """For environments whose ``unwrapped`` offers ``get_state()`` / ``set_state(state)``: the wrappers are
+    copied, the simulator is shared. Each branch keeps its own state (and ``np_random`` state) and swaps it in
+    for each step; :meth:`restore` puts the original back."""
+
+    def __init__(self, env: gym.Env):
+        self.env = env
+        self.core = env.unwrapped
+        self.saved = self._snapshot()
+
+    def branch(self) -> Branch:
+        # Wrapper state (a TimeLimit's step count, ...) is copied; the simulator itself is shared.
+        return Branch(copy.deepcopy(self.env, memo={id(self.core): self.core}), self.saved)
+
+    def step(self, branch: Branch, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        self._load(branch.state)
+        result = branch.env.step(action)
+        branch.state = self._snapshot()
+        return result
+
+    def restore(self) -> None:
+        self._load(self.saved)
+
+    def _snapshot(self) -> tuple[Any, dict | None]:
+        rng = getattr(self.core, "_np_random", None)
+        return self.core.get_state(), None if rng is None else copy.deepcopy(rng.bit_generator.state)  # type: ignore[attr-defined]
+
+    def _load(self, snapshot: tuple[Any, dict | None]) -> None:
+        state, rng_state = snapshot
+        self.core.set_state(state)  # type: ignore[attr-defined]
+        if rng_state is not None:
+            self.core._np_random.bit_generator.state = rng_state  # type: ignore[attr-defined]
+
+
+EnvFork = DeepCopyFork | StateSwapFork
+
+
+def fork_target(env: gym.Env) -> gym.Env:
+    """The part of a sub-environment a branch copies: without its outer bookkeeping wrappers."""
+    while isinstance(env, _BOOKKEEPING_WRAPPERS):
+        env = env.env
+    return env
+
+
+def _offers_state(env: gym.Env) -> bool:
+    return callable(getattr(env, "get_state", None)) and callable(getattr(env, "set_state", None))
+
+
+def fork_env(env: gym.Env) -> EnvFork:
+    """A fork of ``env`` at its current state, by ``get_state()``/``set_state()`` where offered, else deepcopy."""
+    target = fork_target(env)
+    return StateSwapFork(target) if _offers_state(target.unwrapped) else DeepCopyFork(target)
+
+
+def check_forkable(env: VecEnv) -> None:
+    """Fail now, with what to do, if state mode could not fork ``env``'s sub-environments at every branch point."""
+    wrapper = env
+    while isinstance(wrapper, VecEnvWrapper):
+        if type(wrapper) not in _VEC_OBS_TRANSFORMS:
+            supported = ", ".join(t.__name__ for t in _VEC_OBS_TRANSFORMS)
+            raise ValueError(
+                f"group_mode='state' feeds branch observations to the policy as the VecEnv would, and cannot "
+                f"replay what {type(wrapper).__name__} does to them. Use it without that wrapper, or "
+                f"group_mode='episode'. Supported VecEnv wrappers: {supported}."
+            )
+        wrapper = wrapper.venv
+    if not isinstance(wrapper, DummyVecEnv):
+        raise ValueError(
+            f"group_mode='state' forks each sub-environment at the states it branches from, and the "
+            f"sub-environments of a {type(wrapper).__name__} live in other processes, out of reach. Use a "
+            "DummyVecEnv (make_vec_env's default), or group_mode='episode'."
+        )
+    for index, sub_env in enumerate(wrapper.envs):
+        target = fork_target(sub_env)
+        core = target.unwrapped
+        try:  # what a branch copies: everything, or the wrappers around a simulator that swaps its state
+            copy.deepcopy(target, memo={id(core): core} if _offers_state(core) else {})
+        except Exception as error:  # whatever the copy raises, this env cannot be branched
+            raise ValueError(
+                f"group_mode='state' tries actions in copies of the environment, and sub-environment {index} "
+                f"({fork_target(sub_env)}) cannot be copied: copy.deepcopy raised {type(error).__name__}: {error}. "
+                "Make it deep-copyable, or give its unwrapped env get_state()/set_state(state) methods that "
+                "capture and restore its whole state, or use group_mode='episode'."
+            ) from error
+
+
+def vec_observations(env: VecEnv, obs: Observation) -> Observation:
+    """Stacked sub-environment observations as the policy sees them: through the VecEnv wrappers' transforms."""
+    wrappers = []
+    while isinstance(env, VecEnvWrapper):
+        wrappers.append(env)
+        env = env.venv
+    for wrapper in reversed(wrappers):  # the innermost wrapper transforms first
+        method = _VEC_OBS_TRANSFORMS[type(wrapper)]
+        if method is not None:
+            obs = getattr(wrapper, method)(obs)
+    return obs
+
+
+def _stack_observations(observations: Sequence[Any]) -> Observation:
+    if isinstance(observations[0], dict):
+        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
+    return np.stack(observations)
+
+
+@contextmanager
+def _private_torch_rng(seed: int, device: th.device) -> Generator[None, None, None]:
+    """Sample with torch's global generator reseeded, then give it back untouched: branches must not change the
+    random numbers the real trajectory draws."""
+    cuda = device.type == "cuda"
+    devices = [device.index if device.index is not None else th.cuda.current_device()] if cuda else []
+    with th.random.fork_rng(devices=devices, device_type="cuda"):
+        th.default_generator.manual_seed(seed)
+        if cuda:
+            th.cuda.manual_seed(seed)
+        yield
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -308,6 +482,10 @@ class GroupRolloutBuffer(RolloutBuffer):
     episode and time, which :meth:`get` serves in shuffled mini-batches after the algorithm has filled in
     ``rewards`` and ``advantages``.
 
+    In state mode a group is the branches tried from one state (:meth:`start_branch_group`), each branch an
+    episode recorded with :meth:`add_transitions`: its first step (the tried action) is the training sample,
+    its lookahead steps are kept only so that their rewards count in the branch's return.
+
     :param observation_space: Observation space
     :param action_space: Action space
     :param device: PyTorch device the training batch lives on
@@ -344,6 +522,7 @@ class GroupRolloutBuffer(RolloutBuffer):
         self.ref_log_probs: np.ndarray | None = None
         self.episodes = np.zeros(0, dtype=np.int64)
         self.episode_groups = np.zeros(0, dtype=np.int64)
+        self.trainable = np.zeros(0, dtype=bool)
         self.full = False
         self.generator_ready = False
 
@@ -354,22 +533,35 @@ class GroupRolloutBuffer(RolloutBuffer):
         self._slot_episode = np.full(self.n_envs, -1, dtype=np.int64)
         self._episode_group: dict[int, int] = {}
         self._episode_length: dict[int, int] = {}
+        self._group_members: dict[int, int] = {}
         self._group_done: dict[int, int] = {}
         self._group_steps: dict[int, int] = {}
+        self._next_branch_group = -1  # branch groups count down from -1, episode groups up from 0
         self.ready_steps = 0
 
     @staticmethod
     def _chunk_keys() -> tuple[str, ...]:
-        return ("obs", "next_obs", "actions", "env_rewards", "log_probs", "episodes", "steps")
+        return ("obs", "next_obs", "actions", "env_rewards", "log_probs", "episodes", "steps", "trainable")
 
-    def start_episode(self, slot: int, group: int) -> None:
+    def _open_episode(self, group: int, members: int) -> int:
         episode = self._next_episode_id
         self._next_episode_id += 1
-        self._slot_episode[slot] = episode
         self._episode_group[episode] = group
         self._episode_length[episode] = 0
+        self._group_members.setdefault(group, members)
         self._group_done.setdefault(group, 0)
         self._group_steps.setdefault(group, 0)
+        return episode
+
+    def start_episode(self, slot: int, group: int) -> None:
+        """The slot starts an episode of ``group`` (one of ``group_size`` episodes reset with the same seed)."""
+        self._slot_episode[slot] = self._open_episode(group, self.group_size)
+
+    def start_branch_group(self, members: int) -> np.ndarray:
+        """Open a group of ``members`` branches tried from one state (state mode); returns their episode ids."""
+        group = self._next_branch_group
+        self._next_branch_group -= 1
+        return np.array([self._open_episode(group, members) for _ in range(members)], dtype=np.int64)
 
     def add(  # type: ignore[override]
         self,
@@ -380,34 +572,51 @@ class GroupRolloutBuffer(RolloutBuffer):
         next_obs: Observation | None = None,
     ) -> None:
         """Record one VecEnv step (one transition per slot)."""
-        episodes = self._slot_episode.copy()
-        steps = np.array([self._episode_length[e] for e in episodes])
+        self.add_transitions(self._slot_episode.copy(), obs, action, reward, log_prob, next_obs)
+
+    def add_transitions(
+        self,
+        episodes: np.ndarray,
+        obs: Observation,
+        action: np.ndarray,
+        reward: np.ndarray,
+        log_prob: th.Tensor,
+        next_obs: Observation | None = None,
+        trainable: bool = True,
+    ) -> None:
+        """Record one transition for each of ``episodes``; ``trainable=False`` rows only contribute rewards."""
+        n = len(episodes)
+        steps = np.array([self._episode_length[e] for e in episodes], dtype=np.int64)
         for episode in episodes:
             self._episode_length[episode] += 1
         chunk = {
             "obs": _obs_map(np.copy, obs),
             "next_obs": _obs_map(np.copy, next_obs) if self.store_next_obs and next_obs is not None else None,
-            "actions": np.asarray(action).reshape(self.n_envs, self.action_dim).astype(np.float32),
-            "env_rewards": np.asarray(reward, dtype=np.float32).reshape(self.n_envs),
-            "log_probs": log_prob.detach().cpu().numpy().reshape(self.n_envs).astype(np.float32),
+            "actions": np.asarray(action).reshape(n, self.action_dim).astype(np.float32),
+            "env_rewards": np.asarray(reward, dtype=np.float32).reshape(n),
+            "log_probs": log_prob.detach().cpu().numpy().reshape(n).astype(np.float32),
             "episodes": episodes,
             "steps": steps,
+            "trainable": np.full(n, trainable),
         }
         for key, value in chunk.items():
             self._chunks[key].append(value)
 
     def finish_episode(self, slot: int) -> None:
-        episode = int(self._slot_episode[slot])
-        group = self._episode_group[episode]
-        self._group_done[group] += 1
-        self._group_steps[group] += self._episode_length[episode]
-        if self._group_done[group] == self.group_size:
-            self.ready_steps += self._group_steps[group]
+        self.finish_episodes([int(self._slot_episode[slot])])
+
+    def finish_episodes(self, episodes: Sequence[int] | np.ndarray) -> None:
+        for episode in episodes:
+            group = self._episode_group[episode]
+            self._group_done[group] += 1
+            self._group_steps[group] += self._episode_length[episode]
+            if self._group_done[group] == self._group_members[group]:
+                self.ready_steps += self._group_steps[group]
 
     def release_complete_groups(self) -> None:
         """Move every complete group into the training batch; keep the rest in flight."""
         self.reset()
-        complete = {g for g, done in self._group_done.items() if done == self.group_size}
+        complete = {g for g, done in self._group_done.items() if done == self._group_members[g]}
         if not complete or not self._chunks["episodes"]:
             return
         episodes = np.concatenate(self._chunks["episodes"])
@@ -436,7 +645,7 @@ class GroupRolloutBuffer(RolloutBuffer):
         for episode in released_episodes:
             del self._episode_group[episode], self._episode_length[episode]
         for group in complete:
-            del self._group_done[group], self._group_steps[group]
+            del self._group_members[group], self._group_done[group], self._group_steps[group]
         self.ready_steps = 0
 
         self.observations = take["obs"]
@@ -444,6 +653,7 @@ class GroupRolloutBuffer(RolloutBuffer):
         self.actions = take["actions"]
         self.env_rewards = take["env_rewards"]
         self.log_probs = take["log_probs"]
+        self.trainable = take["trainable"]
         self.size = len(order)
         self.full = True
 
@@ -457,10 +667,11 @@ class GroupRolloutBuffer(RolloutBuffer):
         return obs_as_tensor(_obs_map(lambda a: a[index], self.observations), self.device)
 
     def get(self, batch_size: int | None = None) -> Generator[GroupRolloutBufferSamples, None, None]:  # type: ignore[override]
+        """Shuffled mini-batches of the trainable rows (every row, except a branch's lookahead steps)."""
         assert self.full, "release_complete_groups() first"
-        indices = np.random.permutation(self.size)
-        batch_size = batch_size or self.size
-        for start in range(0, self.size, batch_size):
+        indices = np.random.permutation(np.flatnonzero(self.trainable))
+        batch_size = batch_size or len(indices)
+        for start in range(0, len(indices), batch_size):
             yield self._get_samples(indices[start : start + batch_size])
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> GroupRolloutBufferSamples:  # type: ignore[override]
@@ -489,20 +700,47 @@ class GRPO(OnPolicyAlgorithm):
     against its own group. Groups are spread over the VecEnv's slots: whenever a slot's episode ends, the
     slot starts the next episode of the oldest group that still needs members.
 
+    With ``group_mode="state"`` a group is instead a set of actions tried from one state, as TRPO's "vine"
+    sampling does (Schulman et al. 2015, https://arxiv.org/abs/1502.05477): along the real trajectory, every
+    ``branch_interval``-th state of each slot is forked, each action is stepped in its own copy of the
+    environment, which then follows the current policy for ``lookahead`` more steps; an action's advantage is
+    its branch's discounted return z-scored within the group. The real trajectory only visits states: it is
+    neither disturbed by the branches nor trained on. ``num_timesteps`` counts real steps, ``num_branch_steps``
+    the branches' steps.
+
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
     :param env: The environment to learn from (if registered in Gym, can be str). A ``DummyVecEnv`` of any size
-        works as is; a ``SubprocVecEnv`` must wrap its envs in :class:`GroupResetWrapper`
+        works as is; a ``SubprocVecEnv`` must wrap its envs in :class:`GroupResetWrapper` (episode mode) and
+        cannot be used in state mode, whose sub-environments must be deep-copyable or offer
+        ``get_state()``/``set_state(state)`` on their unwrapped env
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
-    :param n_steps: Minimum number of steps per environment slot in one update: a rollout goes on until the
-        complete groups hold at least ``n_steps * n_envs`` steps (or the budget is spent)
+    :param n_steps: Episode mode: minimum number of steps per environment slot in one update, a rollout goes on
+        until the complete groups hold at least ``n_steps * n_envs`` steps (or the budget is spent). State mode:
+        real steps per slot in one rollout, as in PPO
     :param batch_size: Minibatch size
     :param n_epochs: Number of epochs when optimizing the surrogate loss
-    :param group_size: Number of episodes per group (G); at least 2
+    :param group_size: Number of episodes per group (G); at least 2. State mode: number of actions sampled at
+        each branch point for Box, MultiDiscrete and MultiBinary spaces (a Discrete space tries every action)
+    :param group_mode: ``"episode"``: a group is ``group_size`` episodes reset with one seed; ``"state"``: a
+        group is a set of actions tried from one state of the real trajectory, each in a fork of the env
+    :param branch_interval: State mode: branch at every this many-th state of each slot's episode (from its
+        first state)
+    :param lookahead: State mode: steps each branch follows the current policy after its tried action (it stops
+        earlier at termination or truncation); a branch is ``1 + lookahead`` steps long. The default, 4, is set
+        for physical control tasks, where an action moves velocities first and positions only a step later:
+        CartPole's Euler integration updates the pole angle with the angular velocity of the previous step, so
+        the angle one step ahead does not depend on the action at all, and ``lookahead=0`` (a 1-step
+        comparison) gives angle-based rewards such as ``optimized_cartpole`` exactly zero advantage. From 1 on
+        the push shows; 4 leaves a margin for slower responses (the cart's position) and solved CartPole with
+        ``optimized_cartpole`` within 4k real steps on each of 8 seeds. A sparse reward that only differs at
+        failures (CartPole's own +1) needs the failure to happen inside the lookahead. Each branch point costs
+        up to ``(1 + lookahead)`` steps per tried action
     :param gamma: Discount factor of the returns that are compared within a group
     :param advantage: ``"timestep"``: a step's return-to-go against its group's return-to-go at the same step
         index (a per-timestep group baseline); ``"outcome"``: an episode's return, normalised in its group, for
         all its steps (DeepSeekMath); ``"process"``: step rewards normalised in the group, advantage = their
-        return-to-go (DeepSeekMath)
+        return-to-go (DeepSeekMath). ``None``: ``"timestep"`` in episode mode, ``"outcome"`` in state mode (the
+        only one there: each branch is an "episode" whose return judges its first action)
     :param scale_rewards: Divide by the std of the ``"group"`` (DeepSeekMath), of the whole ``"batch"``, or
         ``"none"`` (Dr. GRPO)
     :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
@@ -544,8 +782,11 @@ class GRPO(OnPolicyAlgorithm):
         batch_size: int = 256,
         n_epochs: int = 10,
         group_size: int = 16,
+        group_mode: str = "episode",
+        branch_interval: int = 1,
+        lookahead: int = 4,
         gamma: float = 0.99,
-        advantage: str = "timestep",
+        advantage: str | None = None,
         scale_rewards: str = "group",
         clip_range: float | Schedule = 0.2,
         clip_range_high: float | Schedule | None = None,
@@ -591,7 +832,10 @@ class GRPO(OnPolicyAlgorithm):
         self.batch_size = batch_size
         self.n_epochs = n_epochs
         self.group_size = group_size
-        self.advantage = advantage
+        self.group_mode = group_mode
+        self.branch_interval = branch_interval
+        self.lookahead = lookahead
+        self.advantage = advantage or ("outcome" if group_mode == "state" else "timestep")
         self.scale_rewards = scale_rewards
         self.clip_range = clip_range
         self.clip_range_high = clip_range_high
@@ -601,6 +845,7 @@ class GRPO(OnPolicyAlgorithm):
         self.reward_function = reward_function
         self.reward_weights = reward_weights
         self._n_policy_updates = 0  # train() calls, for the reference refresh
+        self.num_branch_steps = 0  # environment steps taken in branches, never counted in num_timesteps
         self._check_arguments()
         if _init_setup_model:
             self._setup_model()
@@ -610,6 +855,23 @@ class GRPO(OnPolicyAlgorithm):
             raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
         if self.advantage not in ADVANTAGE_MODES:
             raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
+        if self.group_mode not in GROUP_MODES:
+            raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
+        if self.branch_interval < 1 or self.lookahead < 0:
+            raise ValueError(
+                f"branch_interval must be positive and lookahead non-negative, got {self.branch_interval} "
+                f"and {self.lookahead}"
+            )
+        if self.group_mode == "state" and self.advantage != "outcome":
+            raise ValueError(
+                f"group_mode='state' judges each tried action by its branch's return (advantage='outcome'), "
+                f"got advantage={self.advantage!r}"
+            )
+        if self.group_mode == "state" and self.use_sde:
+            raise ValueError(
+                "group_mode='state' cannot use gSDE: its exploration noise is fixed for a state, so the actions "
+                "tried there would all be the same"
+            )
         if self.scale_rewards not in SCALE_REWARDS:
             raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
         if self.n_steps < 1 or self.batch_size < 1 or self.n_epochs < 1:
@@ -653,8 +915,17 @@ class GRPO(OnPolicyAlgorithm):
         self._open_group_seed = 0
         self._open_group_left = 0
         self._slot_next_start: list[tuple[int, int]] = []
+        # State mode: branch actions and lookaheads draw from their own stream, never the real trajectory's.
+        self._branch_rng = np.random.default_rng(None if self.seed is None else [self.seed, 1])
+        self._slot_steps = np.zeros(self.n_envs, dtype=np.int64)  # real steps into each slot's episode
         if self.env is not None:
-            install_group_reset(self.env)
+            self._prepare_env(self.env)
+
+    def _prepare_env(self, env: VecEnv) -> None:
+        if self.group_mode == "state":
+            check_forkable(env)
+        else:
+            install_group_reset(env)
 
     def _make_reference(self) -> BasePolicy | None:
         if self.beta == 0:
@@ -666,11 +937,18 @@ class GRPO(OnPolicyAlgorithm):
 
     def _excluded_save_params(self) -> list[str]:
         # The reference policy is rebuilt from the trained policy on load.
-        return [*super()._excluded_save_params(), "ref_policy", "_group_rng", "_slot_next_start"]
+        return [
+            *super()._excluded_save_params(),
+            "ref_policy",
+            "_group_rng",
+            "_slot_next_start",
+            "_branch_rng",
+            "_slot_steps",
+        ]
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         super().set_env(env, force_reset=force_reset)
-        install_group_reset(self.env)  # type: ignore[arg-type]
+        self._prepare_env(self.env)  # type: ignore[arg-type]
 
     # ---------------------------------------------------------------------------------------- group starts --
 
@@ -703,17 +981,22 @@ class GRPO(OnPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
         env_reset = reset_num_timesteps or self._last_obs is None
+        episode_groups = self.group_mode == "episode"
+        if reset_num_timesteps:
+            self.num_branch_steps = 0
         if env_reset:
             assert self.env is not None
             self.rollout_buffer.clear_in_flight()
+            self._slot_steps = np.zeros(self.env.num_envs, dtype=np.int64)
+        if env_reset and episode_groups:
             self._open_group_left = 0  # a half-filled group would mix reset seeds
-            self._slot_next_start = [(0, 0)] * self.env.num_envs
-            for slot in range(self.env.num_envs):
+            self._slot_next_start = [(0, 0)] * self.env.num_envs  # type: ignore[union-attr]
+            for slot in range(self.env.num_envs):  # type: ignore[union-attr]
                 self._reserve_next_start(slot)
         total_timesteps, callback = super()._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        if env_reset:
+        if env_reset and episode_groups:
             for slot in range(self.env.num_envs):  # type: ignore[union-attr]
                 self._begin_episode(slot)
         return total_timesteps, callback
@@ -727,8 +1010,9 @@ class GRPO(OnPolicyAlgorithm):
         rollout_buffer: RolloutBuffer,
         n_rollout_steps: int,
     ) -> bool:
-        """Step the envs until complete groups hold ``n_rollout_steps * n_envs`` steps (or the budget is spent),
-        then score them and compute their group-relative advantages."""
+        """Step the envs until complete groups hold ``n_rollout_steps * n_envs`` steps (state mode: for
+        ``n_rollout_steps`` real steps, branching along the way), or until the budget is spent; then score the
+        complete groups and compute their group-relative advantages."""
         assert self._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, GroupRolloutBuffer)
         self.policy.set_training_mode(False)
@@ -738,8 +1022,9 @@ class GRPO(OnPolicyAlgorithm):
 
         callback.on_rollout_start()
         n_steps = 0
-        min_ready_steps = n_rollout_steps * env.num_envs
-        while rollout_buffer.ready_steps < min_ready_steps and self.num_timesteps < self._total_timesteps:
+        while not self._rollout_full(rollout_buffer, n_steps, n_rollout_steps) and (
+            self.num_timesteps < self._total_timesteps
+        ):
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
                 self.policy.reset_noise(env.num_envs)
 
@@ -750,6 +1035,8 @@ class GRPO(OnPolicyAlgorithm):
                 actions_t = distribution.get_actions()
                 log_probs = distribution.log_prob(actions_t)
             actions = actions_t.cpu().numpy()
+            if self.group_mode == "state":  # fork the due slots before the real step moves them on
+                self._branch(env, np.flatnonzero(self._slot_steps % self.branch_interval == 0))
             new_obs, rewards, dones, infos = env.step(self._env_actions(actions))
             self.num_timesteps += env.num_envs
 
@@ -759,21 +1046,83 @@ class GRPO(OnPolicyAlgorithm):
             self._update_info_buffer(infos, dones)
             n_steps += 1
 
-            next_obs = self._true_next_obs(new_obs, dones, infos) if rollout_buffer.store_next_obs else None
-            rollout_buffer.add(self._last_obs, actions, rewards, log_probs, next_obs)  # type: ignore[arg-type]
-            for slot in np.flatnonzero(dones):
-                rollout_buffer.finish_episode(slot)
-                self._begin_episode(slot)
+            if self.group_mode == "episode":  # state mode trains on its branches, not on the real steps
+                next_obs = self._true_next_obs(new_obs, dones, infos) if rollout_buffer.store_next_obs else None
+                rollout_buffer.add(self._last_obs, actions, rewards, log_probs, next_obs)  # type: ignore[arg-type]
+                for slot in np.flatnonzero(dones):
+                    rollout_buffer.finish_episode(slot)
+                    self._begin_episode(slot)
+            self._slot_steps = np.where(dones, 0, self._slot_steps + 1)
             self._last_obs = new_obs  # type: ignore[assignment]
             self._last_episode_starts = dones
 
         rollout_buffer.release_complete_groups()
         if rollout_buffer.size:
             self._compute_advantages(rollout_buffer)
+        if self.group_mode == "state":
+            self.logger.record("rollout/branch_steps", self.num_branch_steps)
 
         callback.update_locals(locals())
         callback.on_rollout_end()
         return True
+
+    def _rollout_full(self, buffer: GroupRolloutBuffer, n_steps: int, n_rollout_steps: int) -> bool:
+        if self.group_mode == "state":  # branch groups complete at once: a rollout is n_steps real steps, as in PPO
+            return n_steps >= n_rollout_steps
+        return buffer.ready_steps >= n_rollout_steps * buffer.n_envs
+
+    # ------------------------------------------------------------------------------ branches (state mode) --
+
+    def _branch(self, env: VecEnv, slots: np.ndarray) -> None:
+        """Try a group of actions from the current state of each of ``slots``, each in its own fork of the
+        sub-environment, then follow the current policy for ``lookahead`` steps. Every branch is an episode of
+        its state's group: its first step is the training sample, its later steps only add their rewards."""
+        if not len(slots):
+            return
+        buffer = self.rollout_buffer
+        sub_envs = env.unwrapped.envs  # type: ignore[attr-defined]  # a DummyVecEnv: check_forkable made sure
+        forks = [fork_env(sub_envs[slot]) for slot in slots]
+        try:
+            with th.no_grad(), _private_torch_rng(int(self._branch_rng.integers(2**62)), self.device):
+                obs, actions, log_probs, members = self._tried_actions(_obs_map(lambda a: a[slots], self._last_obs))
+                fork_of = np.repeat(np.arange(len(slots)), members)
+                branches = [forks[f].branch() for f in fork_of]
+                episodes = np.concatenate([buffer.start_branch_group(members) for _ in slots])
+                live = np.arange(len(branches))
+                for depth in range(self.lookahead + 1):
+                    if depth > 0:  # after the tried action, the branch follows the current policy
+                        distribution = self.policy.get_distribution(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
+                        actions_t = distribution.get_actions()
+                        log_probs = distribution.log_prob(actions_t)
+                        actions = actions_t.cpu().numpy()
+                    env_actions = self._env_actions(actions)
+                    steps = [forks[fork_of[b]].step(branches[b], env_actions[i]) for i, b in enumerate(live)]
+                    next_obs = vec_observations(env, _stack_observations([step[0] for step in steps]))
+                    rewards = np.array([step[1] for step in steps], dtype=np.float32)
+                    ended = np.array([step[2] or step[3] for step in steps])  # terminated or truncated
+                    buffer.add_transitions(
+                        episodes[live], obs, actions, rewards, log_probs, next_obs, trainable=depth == 0
+                    )
+                    self.num_branch_steps += len(live)
+                    live, obs = live[~ended], _obs_map(lambda a, keep=~ended: a[keep], next_obs)
+                    if not len(live):
+                        break
+        finally:
+            for fork in forks:
+                fork.restore()
+        buffer.finish_episodes(episodes)
+
+    def _tried_actions(self, root_obs: Observation) -> tuple[Observation, np.ndarray, th.Tensor, int]:
+        """Each root state repeated once per tried action, the actions (every action of a Discrete space, else
+        ``group_size`` samples of the policy), their log-probabilities under the behaviour policy, and how many
+        were tried per state."""
+        n_roots = len(next(iter(root_obs.values())) if isinstance(root_obs, dict) else root_obs)
+        discrete = isinstance(self.action_space, spaces.Discrete)
+        members = int(self.action_space.n) if discrete else self.group_size  # type: ignore[attr-defined]
+        obs = _obs_map(lambda a: np.repeat(a, members, axis=0), root_obs)
+        distribution = self.policy.get_distribution(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
+        actions = th.arange(members, device=self.device).repeat(n_roots) if discrete else distribution.get_actions()
+        return obs, actions.cpu().numpy(), distribution.log_prob(actions), members
 
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
         """Actions as the environment takes them (SB3's convention: clip, or unscale squashed actions)."""

@@ -1,9 +1,13 @@
 """GRPO as SB3 tests its algorithms: tiny runs over spaces and policies, round trips, and the math by hand."""
 
+import pickle
+
+import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
 from gymnasium import spaces
+from gymnasium.wrappers import TimeLimit
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import (
@@ -15,7 +19,7 @@ from stable_baselines3.common.envs import (
     SimpleMultiObsEnv,
 )
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
 
 from grpo import (
     GRPO,
@@ -396,4 +400,261 @@ def test_learns_the_identity_task():
 def test_defaults_solve_cartpole():
     model = GRPO("MlpPolicy", "CartPole-v1", seed=0, device="cpu").learn(50_000)
     mean, _ = evaluate_policy(model, make_vec_env("CartPole-v1", seed=100), n_eval_episodes=20)
+    assert mean >= 475
+
+
+# ------------------------------------------------------------------------------------ branching (state mode) --
+
+STATE_TINY = {**TINY, "group_mode": "state", "lookahead": 2}
+
+
+class _Walk(gym.Env):
+    """A noisy 1-D walk: the action pushes the velocity, ``np_random`` shakes it; ends far from the origin."""
+
+    observation_space = spaces.Box(-np.inf, np.inf, (2,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def __init__(self, bound: float = 1.0):
+        self.bound = bound
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[np.ndarray, dict]:
+        super().reset(seed=seed)
+        self.position, self.velocity = 0.0, float(self.np_random.normal(0.0, 0.05))
+        return self._obs(), {}
+
+    def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
+        self.velocity += 0.05 * (int(action) - 1) + float(self.np_random.normal(0.0, 0.01))
+        self.position += self.velocity
+        return self._obs(), -abs(self.position), abs(self.position) > self.bound, False, {}
+
+    def _obs(self) -> np.ndarray:
+        return np.array([self.position, self.velocity], dtype=np.float32)
+
+
+class _UncopyableWalk(_Walk):
+    """Holds something that cannot be copied, like a handle to an external simulator."""
+
+    def __deepcopy__(self, memo: dict) -> "_UncopyableWalk":
+        raise TypeError("the simulator handle cannot be copied")
+
+
+class _SnapshotWalk(_UncopyableWalk):
+    """Cannot be copied either, but saves and restores its own state."""
+
+    def get_state(self) -> tuple[float, float]:
+        return self.position, self.velocity
+
+    def set_state(self, state: tuple[float, float]) -> None:
+        self.position, self.velocity = state
+
+
+def _walk_env(env_class: type[_Walk] = _Walk, n_envs: int = 2, bound: float = 1.0, seed: int = 0) -> VecEnv:
+    return make_vec_env(lambda: TimeLimit(env_class(bound), 50), n_envs=n_envs, seed=seed)
+
+
+class _Batches(BaseCallback):
+    """Keeps a copy of every released training batch: the rows that train, with their group and advantage."""
+
+    def __init__(self):
+        super().__init__()
+        self.batches: list[dict[str, np.ndarray]] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        rows = np.flatnonzero(buffer.trainable)
+        self.batches.append(
+            {
+                "actions": buffer.actions[rows, 0].copy(),
+                "advantages": buffer.advantages[rows].copy(),
+                "groups": buffer.episode_groups[buffer.episodes[rows]].copy(),
+                "rows": np.array(buffer.size),
+            }
+        )
+
+
+def _cart_velocity(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+    return next_state[:, 1:2]
+
+
+def _pole_angle(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+    return -next_state[:, 2:3].abs()
+
+
+def test_state_groups_try_every_action_and_rank_them_by_their_own_next_state():
+    # The cart's velocity right after the push depends on the push: every group ranks "right" above "left".
+    batches = _Batches()
+    model = GRPO("MlpPolicy", "CartPole-v1", reward_function=_cart_velocity, seed=0, **{**STATE_TINY, "lookahead": 0})
+    model.learn(64, callback=batches)
+    batch = batches.batches[0]
+    assert len(batch["actions"]) == 2 * 16  # one group of both actions per real step
+    for group in np.unique(batch["groups"]):
+        member = batch["groups"] == group
+        np.testing.assert_array_equal(np.sort(batch["actions"][member]), [0, 1])
+        right = batch["advantages"][member & (batch["actions"] == 1)]
+        left = batch["advantages"][member & (batch["actions"] == 0)]
+        np.testing.assert_allclose([right[0], left[0]], [np.sqrt(0.5), -np.sqrt(0.5)], atol=1e-5)
+
+
+def test_one_step_branches_see_no_difference_in_the_pole_angle():
+    # CartPole's Euler step moves the angle with the old angular velocity: the push shows one step later.
+    batches = _Batches()
+    flat = GRPO("MlpPolicy", "CartPole-v1", reward_function=_pole_angle, seed=0, **{**STATE_TINY, "lookahead": 0})
+    flat.learn(64, callback=batches)
+    assert not batches.batches[0]["advantages"].any()
+    batches = _Batches()
+    GRPO("MlpPolicy", "CartPole-v1", reward_function=_pole_angle, seed=0, **STATE_TINY).learn(64, callback=batches)
+    assert (batches.batches[0]["advantages"] != 0).mean() > 0.9
+    assert batches.batches[0]["rows"] > len(batches.batches[0]["advantages"])  # lookahead steps only score
+
+
+@pytest.mark.parametrize("env_class", [_Walk, _SnapshotWalk], ids=["deepcopy", "get_state"])
+def test_branching_restores_the_environment_exactly(env_class, monkeypatch):
+    env = _walk_env(env_class)
+    model = GRPO("MlpPolicy", env, seed=0, **STATE_TINY)
+    branch = model._branch
+    checked: list[int] = []
+
+    def branch_and_compare(vec_env: VecEnv, slots: np.ndarray) -> None:
+        before = [pickle.dumps(sub_env) for sub_env in vec_env.envs]
+        branch(vec_env, slots)
+        assert [pickle.dumps(sub_env) for sub_env in vec_env.envs] == before
+        checked.append(len(slots))
+
+    monkeypatch.setattr(model, "_branch", branch_and_compare)
+    model.learn(100)
+    assert sum(checked) == model.num_timesteps  # branch_interval=1: every state of every slot
+
+
+def _real_trajectory(env: VecEnv, branching: bool, monkeypatch: pytest.MonkeyPatch, **kwargs) -> list[np.ndarray]:
+    """Observations, actions and rewards of the real steps up to the first policy update."""
+    model = GRPO("MlpPolicy", env, seed=0, **{**STATE_TINY, **kwargs})
+    if not branching:
+        monkeypatch.setattr(model, "_branch", lambda vec_env, slots: None)
+    steps: list[np.ndarray] = []
+
+    class Record(BaseCallback):
+        def _on_step(self) -> bool:
+            steps.extend(np.copy(self.locals[key]) for key in ("new_obs", "actions", "rewards", "dones"))
+            return True
+
+    n_steps = model.n_steps * env.num_envs
+    model.learn(n_steps, callback=Record())  # one rollout, then the first update
+    assert model.num_timesteps == n_steps
+    return steps
+
+
+@pytest.mark.parametrize(
+    ("make_env", "episodes_end"),
+    [
+        (lambda: make_vec_env("CartPole-v1", n_envs=2, seed=3), True),
+        (lambda: make_vec_env("Pendulum-v1", n_envs=2, seed=3), False),  # Box: sampled actions, not every one
+        (lambda: _walk_env(_SnapshotWalk, bound=0.3, seed=3), True),  # branches step the real simulator
+    ],
+    ids=["CartPole", "Pendulum", "get_state"],
+)
+def test_real_trajectory_is_the_same_with_and_without_branches(make_env, episodes_end, monkeypatch):
+    with_branches = _real_trajectory(make_env(), True, monkeypatch, n_steps=64)
+    without = _real_trajectory(make_env(), False, monkeypatch, n_steps=64)
+    assert len(with_branches) == len(without) == 4 * 64
+    for a, b in zip(with_branches, without, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # where episodes end, the resets (which draw from the env's np_random) are covered too
+    assert any(dones.any() for dones in with_branches[3::4]) == episodes_end
+
+
+def test_branch_steps_are_counted_apart_from_real_steps():
+    # The walk never ends within the budget: every branch runs its full 1 + lookahead steps.
+    env = _walk_env(n_envs=1, bound=1e9)
+    recorded: dict[str, float] = {}
+
+    class Snapshot(BaseCallback):
+        def _on_step(self) -> bool:
+            return True
+
+        def _on_rollout_end(self) -> None:
+            recorded.update(self.model.logger.name_to_value)
+
+    model = GRPO("MlpPolicy", env, seed=0, branch_interval=4, **STATE_TINY).learn(48, callback=Snapshot())
+    assert model.num_timesteps == 48
+    branch_points = 48 // 4
+    assert model.num_branch_steps == branch_points * 3 * (1 + 2)  # every action of Discrete(3), 1 + lookahead
+    assert recorded["rollout/branch_steps"] == model.num_branch_steps
+    model.learn(16)  # a new run counts again from zero, like num_timesteps
+    assert model.num_branch_steps == 16 // 4 * 3 * 3
+
+
+def test_box_branches_sample_group_size_actions():
+    batches = _Batches()
+    GRPO("MlpPolicy", "Pendulum-v1", seed=0, **{**STATE_TINY, "group_size": 4}).learn(16, callback=batches)
+    batch = batches.batches[0]
+    assert len(batch["advantages"]) == 16 * 4
+    _, members = np.unique(batch["groups"], return_counts=True)
+    assert (members == 4).all()
+    assert len(np.unique(batch["actions"])) > 16  # different actions at each state
+
+
+def test_unsupported_state_mode_setups_fail_at_construction():
+    env = make_vec_env("CartPole-v1", n_envs=2, vec_env_cls=SubprocVecEnv)
+    try:
+        with pytest.raises(ValueError, match=r"SubprocVecEnv.*DummyVecEnv"):
+            GRPO("MlpPolicy", env, group_mode="state")
+        model = GRPO("MlpPolicy", make_vec_env("CartPole-v1", n_envs=2), group_mode="state")
+        with pytest.raises(ValueError, match="SubprocVecEnv"):
+            model.set_env(env)
+    finally:
+        env.close()
+    with pytest.raises(ValueError, match=r"cannot be copied.*TypeError: the simulator handle.*get_state\(\)"):
+        GRPO("MlpPolicy", _walk_env(_UncopyableWalk), group_mode="state")
+    GRPO("MlpPolicy", _walk_env(_SnapshotWalk), group_mode="state")  # copyable through its own state
+    with pytest.raises(ValueError, match="VecFrameStack"):
+        GRPO("MlpPolicy", VecFrameStack(make_vec_env("CartPole-v1"), 2), group_mode="state")
+    with pytest.raises(ValueError, match="gSDE"):
+        GRPO("MlpPolicy", "Pendulum-v1", group_mode="state", use_sde=True)
+    with pytest.raises(ValueError, match="advantage='outcome'"):
+        GRPO("MlpPolicy", "CartPole-v1", group_mode="state", advantage="process")
+    with pytest.raises(ValueError, match="group_mode"):
+        GRPO("MlpPolicy", "CartPole-v1", group_mode="action")
+    with pytest.raises(ValueError, match="lookahead"):
+        GRPO("MlpPolicy", "CartPole-v1", group_mode="state", lookahead=-1)
+
+
+def test_save_load_keeps_group_mode_and_its_parameters(tmp_path):
+    model = GRPO("MlpPolicy", "CartPole-v1", branch_interval=3, seed=0, **STATE_TINY).learn(64)
+    model.save(tmp_path / "branching")
+    loaded = GRPO.load(tmp_path / "branching")
+    assert (loaded.group_mode, loaded.branch_interval, loaded.lookahead, loaded.advantage) == ("state", 3, 2, "outcome")
+    loaded = GRPO.load(tmp_path / "branching", env=make_vec_env("CartPole-v1", n_envs=2))
+    loaded.learn(64)
+    assert loaded.num_branch_steps > 0
+    assert GRPO("MlpPolicy", "CartPole-v1").group_mode == "episode"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny networks gain nothing from threads, and on a busy small CPU extra threads make them crawl."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)
+
+
+@pytest.mark.usefixtures("one_torch_thread")
+def test_state_mode_learns_cartpole_with_optimized_cartpole():
+    # Solved within 4k real steps on each of 8 seeds (docs/benchmarks.md); 6k leaves a margin.
+    env = make_vec_env("CartPole-v1", n_envs=8, seed=0)
+    model = GRPO(
+        "MlpPolicy",
+        env,
+        group_mode="state",
+        reward_function=optimized_cartpole,
+        n_steps=32,
+        learning_rate=1e-3,
+        gamma=0.98,
+        seed=0,
+        device="cpu",
+    ).learn(6000)
+    mean, _ = evaluate_policy(model, make_vec_env("CartPole-v1", seed=100), n_eval_episodes=10)
     assert mean >= 475
