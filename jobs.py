@@ -8,6 +8,7 @@ implement ``submit`` and ``shutdown``.
 
 import difflib
 import logging
+import os
 import re
 import threading
 import time
@@ -158,11 +159,31 @@ class Executor(Protocol):
         ...
 
 
-class ThreadExecutor:
-    """Jobs on background threads of this process, at most ``max_workers`` at once, the rest in FIFO order."""
+def lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread yield the CPU to the server's threads (Linux schedules threads one by one)."""
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+    except OSError as error:  # e.g. a container that forbids it: training still runs, only at full priority
+        logger.warning("could not lower the priority of a training thread: %s", error)
 
-    def __init__(self, max_workers: int) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpo-job")
+
+class ThreadExecutor:
+    """Jobs on background threads of this process, at most ``max_workers`` at once, the rest in FIFO order.
+
+    The threads run at a lower priority (``niceness``) so that inference requests keep their latency while
+    jobs train: on a machine with as many busy jobs as cores, the scheduler otherwise splits the CPU evenly.
+    """
+
+    def __init__(self, max_workers: int, niceness: int = 0) -> None:
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers,
+            thread_name_prefix="grpo-job",
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
+        )
 
     def submit(self, work: Callable[[], None]) -> None:
         self._pool.submit(work)
@@ -248,7 +269,7 @@ class JobRunner:
         self.db = db
         self.store = store
         self.settings = settings
-        self.executor = executor or ThreadExecutor(settings.max_concurrent_jobs)
+        self.executor = executor or ThreadExecutor(settings.max_concurrent_jobs, settings.job_niceness)
         self._active: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
         self._last_write: dict[str, float] = {}

@@ -34,6 +34,12 @@ class Settings(BaseSettings):
         description="torch intra-op threads; small policies run fastest on one, and jobs then share the CPUs "
         "(None: torch's default)",
     )
+    job_niceness: int = Field(
+        10,
+        ge=0,
+        le=19,
+        description="How much lower than the server's the training threads' CPU priority is (0: the same)",
+    )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: LogLevel = "info"

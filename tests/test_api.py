@@ -1,5 +1,6 @@
 """Every endpoint and error path of the service, through FastAPI's TestClient."""
 
+import os
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ import rewards
 import run_api
 from api import create_app, get_store
 from grpo import GRPO
-from jobs import JobCallback, StopTraining
+from jobs import JobCallback, StopTraining, ThreadExecutor
 from schemas import TrainRequest
 from settings import Settings
 from store import Database, InvalidName, JobRecord, JobState, ModelCache, ModelRecord, ModelStore, utcnow
@@ -658,3 +659,13 @@ def test_openapi_documents_the_missing_value(service: TestClient) -> None:
     schema = service.get("/openapi.json").json()
     value = schema["components"]["schemas"]["InferenceResponse"]["properties"]["value"]
     assert "no critic" in value["description"]
+
+
+def test_training_threads_yield_the_cpu_to_the_server():
+    seen: list[int] = []
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    executor = ThreadExecutor(1, niceness=5)
+    executor.submit(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    executor.shutdown()
+    assert seen == [min(19, base + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the server's own threads keep their priority
