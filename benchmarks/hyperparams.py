@@ -112,4 +112,36 @@ GRPO_SETTINGS: dict[str, dict[str, Any]] = {
     },
 }
 
-HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {"ppo": PPO_ZOO, "grpo": GRPO_SETTINGS}
+# GRPO's branching mode (group_mode="state", issue 3), on the envs its benchmark covers. `reward_function` names an
+# entry of rewards.REWARD_FUNCTIONS. CartPole: the original API's `optimized_cartpole` reward, PPO's VecEnv size and
+# rollout length, the default lookahead (4; `lookahead=0` carries no signal in CartPole, see GRPO's docstring).
+# Acrobot: its own -1 per step, which only tells actions apart where a branch reaches the goal within the lookahead:
+# a long lookahead, branching at every 4th state to keep the branch cost in check.
+GRPO_STATE: dict[str, dict[str, Any]] = {
+    "CartPole-v1": {
+        "n_envs": 8,
+        "normalize": False,
+        "group_mode": "state",
+        "lookahead": 4,
+        "reward_function": "optimized_cartpole",
+        "n_steps": 32,
+        "batch_size": 256,
+        "n_epochs": 10,
+        "gamma": 0.98,
+        "learning_rate": 1e-3,
+    },
+    "Acrobot-v1": {
+        "n_envs": 16,
+        "normalize": False,
+        "group_mode": "state",
+        "lookahead": 32,
+        "branch_interval": 4,
+        "n_steps": 64,
+        "batch_size": 256,
+        "n_epochs": 10,
+        "gamma": 0.99,
+        "learning_rate": 1e-3,
+    },
+}
+
+HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {"ppo": PPO_ZOO, "grpo": GRPO_SETTINGS, "grpo_state": GRPO_STATE}

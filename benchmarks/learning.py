@@ -4,11 +4,16 @@ Every (algorithm, env, seed) run trains for the env's budget and evaluates its d
 ``num_timesteps`` crosses a multiple of the eval interval (and at the budget), on the same seeded eval episodes
 for every run. It writes, under ``--out`` (default ``docs/benchmarks/``): ``learning.csv`` (every eval point),
 ``learning_summary.json`` (per run and per env) and ``learning_curves.png``; and the table between
-``<!-- learning:start -->`` and ``<!-- learning:end -->`` in ``docs/benchmarks.md``.
+``<!-- learning:start -->`` and ``<!-- learning:end -->`` in ``docs/benchmarks.md``. Runs that include
+``grpo_state`` (GRPO's branching mode, ``group_mode="state"``) also write ``branching_curves.png`` (x-axis in
+real steps, and in real + branch steps) and the section between ``<!-- branching:start -->`` and
+``<!-- branching:end -->``; a run of ``grpo_state`` without ``grpo`` leaves the learning section as it is.
 
     python benchmarks/learning.py                       # the full benchmark (hours on 2 cores)
     python benchmarks/learning.py --envs CartPole-v1 --seeds 0 --budget CartPole-v1=20000
     python benchmarks/learning.py --quick               # smoke test, writes to a temporary folder
+    python benchmarks/learning.py --envs CartPole-v1 --algos grpo_state ppo --budget CartPole-v1=20000 \
+        --out docs/benchmarks/branching --markdown docs/benchmarks.md   # branching mode against PPO
 
 Hyperparameters live in ``benchmarks/hyperparams.py``.
 """
@@ -51,9 +56,11 @@ from torch import nn
 
 from benchmarks.hyperparams import HYPERPARAMS
 from grpo import GRPO
+from rewards import REWARD_FUNCTIONS
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO}
-ALGO_LABELS = {"grpo": "GRPO", "ppo": "PPO (zoo)"}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO}
+ALGO_LABELS = {"grpo": "GRPO", "ppo": "PPO (zoo)", "grpo_state": "GRPO, branching (state mode)"}
+ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2"}
 
 # Mean eval return that counts as solved.
 THRESHOLDS: dict[str, float] = {
@@ -95,6 +102,8 @@ DEFAULT_OUT = ROOT / "docs" / "benchmarks"
 DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
 MARK_START = "<!-- learning:start -->"
 MARK_END = "<!-- learning:end -->"
+BRANCHING_START = "<!-- branching:start -->"
+BRANCHING_END = "<!-- branching:end -->"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -122,6 +131,8 @@ def model_setup(hyperparams: dict[str, Any]) -> ModelSetup:
     for key, value in kwargs.items():
         if isinstance(value, str) and value.startswith("lin_"):
             kwargs[key] = LinearSchedule(float(value.removeprefix("lin_")), 0.0, 1.0)
+    if isinstance(kwargs.get("reward_function"), str):  # a name in rewards.REWARD_FUNCTIONS
+        kwargs["reward_function"] = REWARD_FUNCTIONS[kwargs["reward_function"]]
     if isinstance(kwargs.get("policy_kwargs"), str):
         # The zoo writes policy_kwargs as Python source, e.g. "dict(activation_fn=nn.ReLU, net_arch=[64])".
         kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {"dict": dict}, "nn": nn})
@@ -156,6 +167,7 @@ class EvalPoint:
     timesteps: int  # the eval mark that num_timesteps crossed (it may overshoot by up to n_envs - 1)
     mean_return: float
     std_return: float
+    branch_steps: int = 0  # env steps taken in branches so far (GRPO's state mode), never in timesteps
 
 
 @dataclass
@@ -168,6 +180,7 @@ class RunResult:
     num_timesteps: int  # env steps actually taken: PPO ends its last rollout past the budget
     train_seconds: float  # learn() wall time minus the time spent evaluating
     steps_to_threshold: int | None  # first eval mark after 0 at or above the threshold; None: never
+    branch_steps: int  # env steps taken in branches (GRPO's state mode), on top of num_timesteps
     final_return: float  # the eval at the budget
     steps_per_second: float
     points: list[EvalPoint]
@@ -210,13 +223,19 @@ class IntervalEvaluation(BaseCallback):
         sync_envs_normalization(self.model.get_env(), self.eval_env)
         self.eval_env.seed(EVAL_SEED)  # one episode per eval env: episode i always starts from EVAL_SEED + i
         mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
-        self.points.append(EvalPoint(mark, float(mean), float(std)))
+        branch_steps = getattr(self.model, "num_branch_steps", 0)
+        self.points.append(EvalPoint(mark, float(mean), float(std), branch_steps))
         self.seconds += time.perf_counter() - start
 
 
+def threshold_point(points: Sequence[EvalPoint], threshold: float) -> EvalPoint | None:
+    """The first eval at or above ``threshold``; the untrained policy (mark 0) is drawn but never counts."""
+    return next((p for p in points if p.timesteps > 0 and p.mean_return >= threshold), None)
+
+
 def steps_to_threshold(points: Sequence[EvalPoint], threshold: float) -> int | None:
-    """The first eval mark at or above ``threshold``; the untrained policy (mark 0) is drawn but never counts."""
-    return next((p.timesteps for p in points if p.timesteps > 0 and p.mean_return >= threshold), None)
+    point = threshold_point(points, threshold)
+    return None if point is None else point.timesteps
 
 
 def run_one(job: Job) -> RunResult:
@@ -243,6 +262,7 @@ def run_one(job: Job) -> RunResult:
         num_timesteps=model.num_timesteps,
         train_seconds=train_seconds,
         steps_to_threshold=steps_to_threshold(evaluation.points, THRESHOLDS[job.env_id]),
+        branch_steps=getattr(model, "num_branch_steps", 0),
         final_return=evaluation.points[-1].mean_return,
         steps_per_second=model.num_timesteps / train_seconds,
         points=evaluation.points,
@@ -265,6 +285,7 @@ def make_jobs(
         Job(algo, env_id, seed, budgets[env_id], eval_every[env_id])
         for env_id in envs
         for algo in algos
+        if env_id in HYPERPARAMS[algo]  # grpo_state has entries for CartPole and Acrobot only
         for seed in seeds[env_id]
     ]
 
@@ -312,20 +333,34 @@ class AlgoSummary:
     final_returns: list[float]
     median_final_return: float
     median_steps_per_second: float
+    # Real + branch env steps at the eval that reached the threshold (equal to steps_to_threshold without branches)
+    total_steps_to_threshold: list[int | None]
+    median_total_steps_to_threshold: float | None
+    median_branch_steps_per_real_step: float
+
+
+def _median_steps(steps: Sequence[int | None]) -> float | None:
+    """A seed that never reaches the threshold counts as infinitely many steps; None: the median never did."""
+    median = statistics.median(math.inf if s is None else s for s in steps)
+    return None if math.isinf(median) else median
 
 
 def summarize(runs: Sequence[RunResult]) -> AlgoSummary:
     """One algorithm on one env; a seed that never reaches the threshold counts as infinitely many steps."""
     steps = [run.steps_to_threshold for run in runs]
-    median_steps = statistics.median(math.inf if s is None else s for s in steps)
+    reached = [threshold_point(run.points, THRESHOLDS[run.env_id]) for run in runs]
+    total_steps = [None if p is None else p.timesteps + p.branch_steps for p in reached]
     return AlgoSummary(
         n_envs=runs[0].n_envs,
         seeds=[run.seed for run in runs],
         steps_to_threshold=steps,
-        median_steps_to_threshold=None if math.isinf(median_steps) else median_steps,
+        median_steps_to_threshold=_median_steps(steps),
         final_returns=[run.final_return for run in runs],
         median_final_return=statistics.median(run.final_return for run in runs),
         median_steps_per_second=statistics.median(run.steps_per_second for run in runs),
+        total_steps_to_threshold=total_steps,
+        median_total_steps_to_threshold=_median_steps(total_steps),
+        median_branch_steps_per_real_step=statistics.median(run.branch_steps / run.num_timesteps for run in runs),
     )
 
 
@@ -394,10 +429,20 @@ def git_revision() -> str:
 def write_points_csv(results: Sequence[RunResult], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["algo", "env", "seed", "timesteps", "mean_return", "std_return"])
+        writer.writerow(["algo", "env", "seed", "timesteps", "mean_return", "std_return", "branch_steps"])
         for run in results:
             for point in run.points:
-                writer.writerow([run.algo, run.env_id, run.seed, point.timesteps, point.mean_return, point.std_return])
+                writer.writerow(
+                    [
+                        run.algo,
+                        run.env_id,
+                        run.seed,
+                        point.timesteps,
+                        point.mean_return,
+                        point.std_return,
+                        point.branch_steps,
+                    ]
+                )
 
 
 def write_summary_json(
@@ -415,15 +460,39 @@ def write_summary_json(
             "budget": budgets[env_id],
             "eval_every": eval_every[env_id],
             **{algo: asdict(summary) for algo, summary in by_algo.items()},
-            "targets_met": targets_met(by_algo["grpo"], by_algo["ppo"]) if len(by_algo) == 2 else None,
+            "targets_met": targets_met(by_algo["grpo"], by_algo["ppo"]) if {"grpo", "ppo"} <= by_algo.keys() else None,
         }
         for env_id, by_algo in summaries.items()
     }
     runs = [{key: value for key, value in asdict(run).items() if key != "points"} for run in results]
-    hyperparams = {algo: {env_id: HYPERPARAMS[algo][env_id] for env_id in summaries} for algo in HYPERPARAMS}
+    hyperparams = {
+        algo: {env_id: HYPERPARAMS[algo][env_id] for env_id in summaries if env_id in HYPERPARAMS[algo]}
+        for algo in HYPERPARAMS
+    }
     document = {**asdict(context), "eval": {"episodes": EVAL_EPISODES, "first_reset_seed": EVAL_SEED}}
     document |= {"envs": envs, "runs": runs, "hyperparams": hyperparams}
     path.write_text(json.dumps(document, indent=2) + "\n")
+
+
+def draw_curves(ax: Any, results: Sequence[RunResult], env_id: str, with_branch_steps: bool = False) -> None:
+    """Mean eval return over seeds, shaded from the worst seed to the best, against env steps: real ones, or
+    real + branch steps (then each eval sits at the seeds' mean of that count)."""
+    for algo, color in ALGO_COLORS.items():
+        runs = [run for run in results if run.env_id == env_id and run.algo == algo]
+        if not runs:
+            continue
+        steps = np.array([[p.timesteps + with_branch_steps * p.branch_steps for p in run.points] for run in runs])
+        returns = np.array([[point.mean_return for point in run.points] for run in runs])
+        seeds = f"{len(runs)} seed" + "s" * (len(runs) > 1)
+        x = steps.mean(axis=0)
+        ax.plot(x, returns.mean(axis=0), color=color, label=f"{ALGO_LABELS[algo]} ({seeds})")
+        ax.fill_between(x, returns.min(axis=0), returns.max(axis=0), color=color, alpha=0.2)
+    ax.axhline(THRESHOLDS[env_id], color="gray", linestyle="--", linewidth=1, label="threshold")
+    ax.set_title(env_id)
+    ax.set_xlabel("real + branch env steps" if with_branch_steps else "env steps")
+    ax.set_ylabel(f"mean return ({EVAL_EPISODES} eval episodes)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
 
 
 def plot_curves(results: Sequence[RunResult], path: Path) -> None:
@@ -436,23 +505,24 @@ def plot_curves(results: Sequence[RunResult], path: Path) -> None:
     nrows = math.ceil(len(envs) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(6 * ncols, 4 * nrows), squeeze=False)
     for ax, env_id in zip(axes.flat, envs, strict=False):
-        for color, algo in zip(("C0", "C1"), ALGORITHMS, strict=False):
-            runs = [run for run in results if run.env_id == env_id and run.algo == algo]
-            if not runs:
-                continue
-            timesteps = [point.timesteps for point in runs[0].points]
-            returns = np.array([[point.mean_return for point in run.points] for run in runs])
-            seeds = f"{len(runs)} seed" + "s" * (len(runs) > 1)
-            ax.plot(timesteps, returns.mean(axis=0), color=color, label=f"{ALGO_LABELS[algo]} ({seeds})")
-            ax.fill_between(timesteps, returns.min(axis=0), returns.max(axis=0), color=color, alpha=0.2)
-        ax.axhline(THRESHOLDS[env_id], color="gray", linestyle="--", linewidth=1, label="threshold")
-        ax.set_title(env_id)
-        ax.set_xlabel("env steps")
-        ax.set_ylabel(f"mean return ({EVAL_EPISODES} eval episodes)")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="best")
+        draw_curves(ax, results, env_id)
     for ax in list(axes.flat)[len(envs) :]:
         ax.set_visible(False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_branching_curves(results: Sequence[RunResult], path: Path) -> None:
+    """One row per env that ran branching mode: returns against real steps, and against real + branch steps."""
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    envs = list(dict.fromkeys(run.env_id for run in results if run.algo == "grpo_state"))
+    fig, axes = plt.subplots(len(envs), 2, figsize=(12, 4 * len(envs)), squeeze=False)
+    for row, env_id in zip(axes, envs, strict=True):
+        draw_curves(row[0], results, env_id)
+        draw_curves(row[1], results, env_id, with_branch_steps=True)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -549,16 +619,117 @@ its own settings, with the same `n_envs` as PPO.
 {MARK_END}"""
 
 
-def update_markdown(path: Path, section: str) -> None:
-    """Replace what lies between the learning markers, keeping the rest of the file; add the section if absent."""
+def _total_cell(summary: AlgoSummary) -> str:
+    per_seed = " / ".join(_steps(s) for s in summary.total_steps_to_threshold)
+    return f"{_steps(summary.median_total_steps_to_threshold)} ({per_seed})"
+
+
+def branching_table(summaries: dict[str, dict[str, AlgoSummary]], budgets: dict[str, int]) -> str:
+    header = (
+        "| Env (threshold) | Budget (real steps) | Algorithm | Real steps to threshold "
+        "| Real + branch steps to threshold | Final return | Branch steps per real step | Real steps/s |"
+    )
+    rows = [header, "|" + "---|" * header.count(" | ") + "---|"]
+    for env_id, by_algo in summaries.items():
+        if "grpo_state" not in by_algo:
+            continue
+        for algo in ("grpo_state", "grpo", "ppo"):
+            summary = by_algo.get(algo)
+            if summary is None:
+                continue
+            rows.append(
+                f"| {env_id} ({THRESHOLDS[env_id]:g}) | {budgets[env_id]:,} | {ALGO_LABELS[algo]} "
+                f"| {_steps_cell(summary)} | {_total_cell(summary)} | {_final_cell(summary)} "
+                f"| {summary.median_branch_steps_per_real_step:.1f} | {_speed_cell(summary)} |"
+            )
+    return "\n".join(rows)
+
+
+def branching_verdicts(summaries: dict[str, dict[str, AlgoSummary]]) -> str:
+    """One sentence per env: branching against PPO, in real steps and in all env steps."""
+    lines = []
+    for env_id, by_algo in summaries.items():
+        state, ppo = by_algo.get("grpo_state"), by_algo.get("ppo")
+        if state is None or ppo is None:
+            continue
+        real, total, ppo_steps = (
+            state.median_steps_to_threshold,
+            state.median_total_steps_to_threshold,
+            ppo.median_steps_to_threshold,
+        )
+        if real is None or ppo_steps is None:
+            lines.append(
+                f"- {env_id}: median steps to the threshold, branching {_steps(real)}, PPO {_steps(ppo_steps)}."
+            )
+            continue
+        slowest = max(math.inf if s is None else s for s in state.steps_to_threshold)
+        met = "met" if slowest <= ppo_steps else "not met"
+        lines.append(
+            f"- {env_id}: branching reached {THRESHOLDS[env_id]:g} after a median {_steps(real)} real steps, "
+            f"against PPO's {_steps(ppo_steps)} ({ppo_steps / real:.1f}x as many); counting its branch steps it "
+            f"took {_steps(total)} env steps, {total / ppo_steps:.1f}x PPO's. Target (every seed at the threshold "
+            f"in no more real steps than PPO's median): {met}, slowest seed "
+            f"{_steps(None if math.isinf(slowest) else slowest)}."
+        )
+    return "\n".join(lines)
+
+
+def branching_section(
+    summaries: dict[str, dict[str, AlgoSummary]], budgets: dict[str, int], context: RunContext, curves: str
+) -> str:
+    machine = context.machine
+    return f"""{BRANCHING_START}
+## Branching mode: groups of actions tried from one state
+
+`GRPO(..., group_mode="state")` forks the environment at the states it visits, tries a group of actions there \
+(every action of a Discrete space), lets each branch follow the policy for `lookahead` steps and z-scores the \
+branches' returns within the group. Generated by `benchmarks/learning.py` on {context.date} at revision \
+`{context.revision}`, on {machine["nproc"]} CPU cores ({machine["cpu"]}; load average \
+{machine["load_average_at_start"][0]} at start); {context.workers} runs in parallel, one torch thread each. \
+Reproduce with:
+
+    {context.command}
+
+{branching_table(summaries, budgets)}
+
+- Each cell: the median over seeds, then every seed's value. **Real steps** are `num_timesteps`, the steps of \
+the trajectory the agent really lives; **branch steps** (`num_branch_steps`, logged as `rollout/branch_steps`) \
+are the steps taken in forks, never counted in `num_timesteps`. **Real + branch steps to threshold**: both, up \
+to the first evaluation at or above the threshold. **Real steps/s**: real steps over training wall time; a \
+branching run spends most of that time on its branches. Evaluation as in the learning section above (same seeds \
+and marks); settings in `benchmarks/hyperparams.py` (`GRPO_STATE`).
+
+{branching_verdicts(summaries)}
+
+**When branching pays off.** A group of actions tried from one state differs only by those actions, so its \
+spread is their effect alone, without the noise of different starts or of the policy's other choices, and every \
+visited state yields a comparison. Learning per real step is then fast, provided (1) the environment can be \
+forked: deep-copied, or saving and restoring its state with `get_state()`/`set_state()`, which a simulator allows \
+and the real world does not; (2) the reward tells the actions apart within the lookahead. A dense shaped reward \
+such as `optimized_cartpole` does once the push has reached the pole angle (CartPole's Euler step moves the \
+angle with the previous angular velocity, so `lookahead=0` gives exactly zero advantage; the default 4 leaves a \
+margin); a reward that only differs at failure or success (CartPole's +1 per step, Acrobot's -1 per step until \
+the goal) carries signal only where a branch fails or succeeds inside the lookahead; and (3) the group is small: \
+each branch point costs up to group size x (1 + lookahead) env steps, as the "Branch steps per real step" column \
+shows. So branching pays where real steps are what is scarce and forks of a simulator are cheap (a costly real \
+system with a model of it, a fixed interaction budget); where every env step costs the same, the real + branch \
+column is the fair comparison.
+
+![Returns against real steps (left) and real + branch steps (right): mean over seeds, band from worst to best]\
+({curves})
+{BRANCHING_END}"""
+
+
+def update_markdown(path: Path, section: str, start_mark: str = MARK_START, end_mark: str = MARK_END) -> None:
+    """Replace what lies between the markers, keeping the rest of the file; add the section if absent."""
     text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = text.find(MARK_START), text.find(MARK_END)
+    start, end = text.find(start_mark), text.find(end_mark)
     if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(MARK_END) :]
+        text = text[:start] + section + text[end + len(end_mark) :]
     elif start == -1 and end == -1:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     else:
-        raise ValueError(f"{path}: the markers {MARK_START} / {MARK_END} are unpaired or out of order")
+        raise ValueError(f"{path}: the markers {start_mark} / {end_mark} are unpaired or out of order")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
 
@@ -587,13 +758,24 @@ def benchmark(jobs: Sequence[Job], workers: int, out_dir: Path, markdown: Path, 
     write_points_csv(results, out_dir / "learning.csv")
     write_summary_json(results, summaries, jobs, context, out_dir / "learning_summary.json")
     plot_curves(results, curves)
-    curves_link = Path(os.path.relpath(curves.resolve(), markdown.resolve().parent)).as_posix()
-    update_markdown(markdown, markdown_section(summaries, budgets, eval_every, context, curves_link))
-
-    print()
-    print(markdown_table(summaries, budgets))
-    print(f"\nWrote {out_dir}/learning.csv, learning_summary.json, learning_curves.png and {markdown}")
+    algos = {job.algo for job in jobs}
+    # The learning section compares GRPO's episode mode with PPO: a branching-only run leaves it alone.
+    if "grpo" in algos or "grpo_state" not in algos:
+        update_markdown(markdown, markdown_section(summaries, budgets, eval_every, context, link(curves, markdown)))
+        print(f"\n{markdown_table(summaries, budgets)}")
+    if "grpo_state" in algos:
+        branching_curves = out_dir / "branching_curves.png"
+        plot_branching_curves(results, branching_curves)
+        section = branching_section(summaries, budgets, context, link(branching_curves, markdown))
+        update_markdown(markdown, section, BRANCHING_START, BRANCHING_END)
+        print(f"\n{branching_table(summaries, budgets)}\n\n{branching_verdicts(summaries)}")
+    print(f"\nWrote {out_dir}/learning.csv, learning_summary.json, the curves and {markdown}")
     return results
+
+
+def link(target: Path, markdown: Path) -> str:
+    """``target`` as a relative link from ``markdown``."""
+    return Path(os.path.relpath(target.resolve(), markdown.resolve().parent)).as_posix()
 
 
 def env_override(text: str) -> tuple[str | None, int]:
