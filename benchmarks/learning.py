@@ -7,13 +7,13 @@ for every run. It writes, under ``--out`` (default ``docs/benchmarks/``): ``lear
 ``<!-- learning:start -->`` and ``<!-- learning:end -->`` in ``docs/benchmarks.md``. Runs that include
 ``grpo_state`` (GRPO's branching mode, ``group_mode="state"``) also write ``branching_curves.png`` (x-axis in
 real steps, and in real + branch steps) and the section between ``<!-- branching:start -->`` and
-``<!-- branching:end -->``; a run of ``grpo_state`` without ``grpo`` leaves the learning section as it is.
+``<!-- branching:end -->``; ``--sections`` chooses which sections a run rewrites.
 
     python benchmarks/learning.py                       # the full benchmark (hours on 2 cores)
     python benchmarks/learning.py --envs CartPole-v1 --seeds 0 --budget CartPole-v1=20000
     python benchmarks/learning.py --quick               # smoke test, writes to a temporary folder
-    python benchmarks/learning.py --envs CartPole-v1 --algos grpo_state ppo --budget CartPole-v1=20000 \
-        --out docs/benchmarks/branching --markdown docs/benchmarks.md   # branching mode against PPO
+    python benchmarks/learning.py --envs CartPole-v1 --algos grpo_state grpo ppo --sections branching \
+        --out docs/benchmarks/branching --markdown docs/benchmarks.md   # branching mode, side by side
 
 Hyperparameters live in ``benchmarks/hyperparams.py``.
 """
@@ -61,6 +61,19 @@ from rewards import REWARD_FUNCTIONS
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO}
 ALGO_LABELS = {"grpo": "GRPO", "ppo": "PPO (zoo)", "grpo_state": "GRPO, branching (state mode)"}
 ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2"}
+
+
+def acrobot_height(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+    """Acrobot: height of the tip above the pivot, -cos(a1) - cos(a1 + a2), from the observation
+    [cos a1, sin a1, cos a2, sin a2, da1, da2]; the goal line is at 1."""
+    cos1, sin1, cos2, sin2 = next_state[:, 0], next_state[:, 1], next_state[:, 2], next_state[:, 3]
+    return (-cos1 - (cos1 * cos2 - sin1 * sin2)).unsqueeze(-1)
+
+
+# Reward functions the hyperparameters may name: the service's registry, plus the benchmark's own. Branching
+# mode needs a reward that tells actions apart within its lookahead; Acrobot's -1 per step does not (see
+# GRPO_STATE in benchmarks/hyperparams.py).
+BENCHMARK_REWARDS = {**REWARD_FUNCTIONS, "acrobot_height": acrobot_height}
 
 # Mean eval return that counts as solved.
 THRESHOLDS: dict[str, float] = {
@@ -131,8 +144,8 @@ def model_setup(hyperparams: dict[str, Any]) -> ModelSetup:
     for key, value in kwargs.items():
         if isinstance(value, str) and value.startswith("lin_"):
             kwargs[key] = LinearSchedule(float(value.removeprefix("lin_")), 0.0, 1.0)
-    if isinstance(kwargs.get("reward_function"), str):  # a name in rewards.REWARD_FUNCTIONS
-        kwargs["reward_function"] = REWARD_FUNCTIONS[kwargs["reward_function"]]
+    if isinstance(kwargs.get("reward_function"), str):
+        kwargs["reward_function"] = BENCHMARK_REWARDS[kwargs["reward_function"]]
     if isinstance(kwargs.get("policy_kwargs"), str):
         # The zoo writes policy_kwargs as Python source, e.g. "dict(activation_fn=nn.ReLU, net_arch=[64])".
         kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {"dict": dict}, "nn": nn})
@@ -709,7 +722,8 @@ and the real world does not; (2) the reward tells the actions apart within the l
 such as `optimized_cartpole` does once the push has reached the pole angle (CartPole's Euler step moves the \
 angle with the previous angular velocity, so `lookahead=0` gives exactly zero advantage; the default 4 leaves a \
 margin); a reward that only differs at failure or success (CartPole's +1 per step, Acrobot's -1 per step until \
-the goal) carries signal only where a branch fails or succeeds inside the lookahead; and (3) the group is small: \
+the goal) carries signal only where a branch fails or succeeds inside the lookahead, which is why the Acrobot \
+runs here score their branches by the tip's height (`acrobot_height`); and (3) the group is small: \
 each branch point costs up to group size x (1 + lookahead) env steps, as the "Branch steps per real step" column \
 shows. So branching pays where real steps are what is scarce and forks of a simulator are cheap (a costly real \
 system with a model of it, a fixed interaction budget); where every env step costs the same, the real + branch \
@@ -739,8 +753,23 @@ def update_markdown(path: Path, section: str, start_mark: str = MARK_START, end_
 # --------------------------------------------------------------------------------------------------------------
 
 
-def benchmark(jobs: Sequence[Job], workers: int, out_dir: Path, markdown: Path, command: str) -> list[RunResult]:
-    """Run the jobs and write every output; returns the runs."""
+def default_sections(algos: Sequence[str]) -> list[str]:
+    """The markdown sections a run rewrites: the learning table compares episode-mode GRPO with PPO, so a run of
+    branching mode without ``grpo`` leaves it alone."""
+    sections = ["learning"] if "grpo" in algos or "grpo_state" not in algos else []
+    return sections + ["branching"] * ("grpo_state" in algos)
+
+
+def benchmark(
+    jobs: Sequence[Job],
+    workers: int,
+    out_dir: Path,
+    markdown: Path,
+    command: str,
+    sections: Sequence[str] | None = None,
+) -> list[RunResult]:
+    """Run the jobs and write every output, rewriting ``sections`` of the markdown (default: see
+    :func:`default_sections`); returns the runs."""
     context = RunContext(
         command=command,
         date=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
@@ -758,12 +787,11 @@ def benchmark(jobs: Sequence[Job], workers: int, out_dir: Path, markdown: Path, 
     write_points_csv(results, out_dir / "learning.csv")
     write_summary_json(results, summaries, jobs, context, out_dir / "learning_summary.json")
     plot_curves(results, curves)
-    algos = {job.algo for job in jobs}
-    # The learning section compares GRPO's episode mode with PPO: a branching-only run leaves it alone.
-    if "grpo" in algos or "grpo_state" not in algos:
+    sections = default_sections({job.algo for job in jobs}) if sections is None else sections
+    if "learning" in sections:
         update_markdown(markdown, markdown_section(summaries, budgets, eval_every, context, link(curves, markdown)))
         print(f"\n{markdown_table(summaries, budgets)}")
-    if "grpo_state" in algos:
+    if "branching" in sections:
         branching_curves = out_dir / "branching_curves.png"
         plot_branching_curves(results, branching_curves)
         section = branching_section(summaries, budgets, context, link(branching_curves, markdown))
@@ -831,7 +859,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--markdown",
         type=Path,
-        help=f"file whose learning section is rewritten (default: {DEFAULT_MARKDOWN}, or OUT/benchmarks.md with --out)",
+        help=f"file whose sections are rewritten (default: {DEFAULT_MARKDOWN}, or OUT/benchmarks.md with --out)",
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=["learning", "branching"],
+        help="markdown sections to rewrite (default: learning, unless the run has grpo_state but not grpo; "
+        "branching, when the run has grpo_state)",
     )
     return parser.parse_args(argv)
 
@@ -858,7 +893,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         use_one_thread()
     print(f"{len(jobs)} runs, {workers} at a time; writing to {out_dir} and {markdown}", flush=True)
     command = shlex.join(["python", "benchmarks/learning.py", *argv])
-    benchmark(jobs, workers, out_dir, markdown, command)
+    benchmark(jobs, workers, out_dir, markdown, command, args.sections)
 
 
 if __name__ == "__main__":
