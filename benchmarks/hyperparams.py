@@ -76,7 +76,9 @@ GRPO_SETTINGS: dict[str, dict[str, Any]] = {
     },
     "Acrobot-v1": {
         "n_envs": 16,
-        "normalize": False,
+        # As the zoo does for PPO: observations (angular velocities up to 9*pi) and rewards normalised.
+        # Measured (3 seeds, 100k): -100 reached at 50k/50k/70k with it; one seed of three never without.
+        "normalize": True,
         "group_size": 16,
         "n_steps": 16,
         "batch_size": 256,
