@@ -283,12 +283,11 @@ def _stack_observations(observations: Sequence[Any]) -> Observation:
 def _private_torch_rng(seed: int, device: th.device) -> Generator[None, None, None]:
     """Sample with torch's global generator reseeded, then give it back untouched: branches must not change the
     random numbers the real trajectory draws."""
-    cuda = device.type == "cuda"
-    devices = [device.index if device.index is not None else th.cuda.current_device()] if cuda else []
-    with th.random.fork_rng(devices=devices, device_type="cuda"):
+    index = (device.index if device.index is not None else th.cuda.current_device()) if device.type == "cuda" else None
+    with th.random.fork_rng(devices=[] if index is None else [index], device_type="cuda"):
         th.default_generator.manual_seed(seed)
-        if cuda:
-            th.cuda.manual_seed(seed)
+        if index is not None:
+            th.cuda.default_generators[index].manual_seed(seed)
         yield
 
 

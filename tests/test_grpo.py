@@ -19,7 +19,7 @@ from stable_baselines3.common.envs import (
     SimpleMultiObsEnv,
 )
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecFrameStack, VecNormalize
 
 from grpo import (
     GRPO,
@@ -584,6 +584,51 @@ def test_branch_steps_are_counted_apart_from_real_steps():
     assert recorded["rollout/branch_steps"] == model.num_branch_steps
     model.learn(16)  # a new run counts again from zero, like num_timesteps
     assert model.num_branch_steps == 16 // 4 * 3 * 3
+
+
+def test_state_mode_same_seed_reproduces_the_same_parameters():
+    def train() -> list[th.Tensor]:
+        model = GRPO("MlpPolicy", "Pendulum-v1", seed=3, device="cpu", **STATE_TINY).learn(64)
+        return [p.detach().clone() for p in model.policy.parameters()]
+
+    for a, b in zip(train(), train(), strict=True):
+        th.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize(
+    ("policy", "make_env"),
+    [
+        ("MlpPolicy", lambda: IdentityEnvBox(ep_length=8)),
+        ("MlpPolicy", lambda: IdentityEnvMultiDiscrete(2, ep_length=8)),
+        ("MlpPolicy", lambda: IdentityEnvMultiBinary(2, ep_length=8)),
+        ("MultiInputPolicy", lambda: SimpleMultiObsEnv(random_start=False)),
+        ("CnnPolicy", lambda: FakeImageEnv(screen_height=36, screen_width=36, n_channels=1, discrete=True)),
+        ("MlpPolicy", lambda: VecNormalize(make_vec_env("CartPole-v1", n_envs=2))),
+    ],
+    ids=["Box", "MultiDiscrete", "MultiBinary", "Dict", "images", "VecNormalize"],
+)
+def test_state_mode_on_every_space_and_observation_wrapper(policy, make_env):
+    kwargs = {**STATE_TINY, "policy_kwargs": {} if policy == "CnnPolicy" else TINY["policy_kwargs"]}
+    calls: list[tuple[th.Tensor, th.Tensor]] = []
+
+    def observed(state: th.Tensor | dict, action: th.Tensor, next_state: th.Tensor | dict) -> th.Tensor:
+        calls.append((state, next_state))
+        return th.rand(len(action), 1)
+
+    model = GRPO(policy, make_env(), reward_function=observed, seed=0, **kwargs)
+    model.learn(2 * model.n_steps * model.n_envs)
+    assert model.num_branch_steps > model.num_timesteps
+    assert len(calls) == 2  # one batched call per rollout, on every branch step
+    state, next_state = calls[-1]  # the last rollout's, which the buffer still holds
+    first = state if isinstance(state, th.Tensor) else next(iter(state.values()))
+    assert len(first) == model.rollout_buffer.size
+    # observations reach the reward function (and the policy) as the VecEnv shows them, wrappers included
+    space = model.observation_space
+    assert (
+        all(next_state[key].shape[1:] == space[key].shape for key in space.spaces)
+        if isinstance(next_state, dict)
+        else next_state.shape[1:] == space.shape
+    )
 
 
 def test_box_branches_sample_group_size_actions():
