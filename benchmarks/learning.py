@@ -700,9 +700,15 @@ def branching_verdicts(summaries: dict[str, dict[str, AlgoSummary]]) -> str:
 
 
 def branching_section(
-    summaries: dict[str, dict[str, AlgoSummary]], budgets: dict[str, int], context: RunContext, curves: str
+    summaries: dict[str, dict[str, AlgoSummary]],
+    budgets: dict[str, int],
+    eval_every: dict[str, int],
+    context: RunContext,
+    curves: str,
 ) -> str:
     machine = context.machine
+    branching_envs = [env_id for env_id, by_algo in summaries.items() if "grpo_state" in by_algo]
+    intervals = ", ".join(f"{env_id}: every {eval_every[env_id]:,}" for env_id in branching_envs)
     return f"""{BRANCHING_START}
 ## Branching mode: groups of actions tried from one state
 
@@ -721,8 +727,9 @@ Reproduce with:
 the trajectory the agent really lives; **branch steps** (`num_branch_steps`, logged as `rollout/branch_steps`) \
 are the steps taken in forks, never counted in `num_timesteps`. **Real + branch steps to threshold**: both, up \
 to the first evaluation at or above the threshold. **Real steps/s**: real steps over training wall time; a \
-branching run spends most of that time on its branches. Evaluation as in the learning section above (same seeds \
-and marks); settings in `benchmarks/hyperparams.py` (`GRPO_STATE`).
+branching run spends most of that time on its branches. Evaluation as in the learning section (same eval \
+episodes; {intervals} real steps): steps to threshold are only as fine as that interval, and a run that is \
+there at its first evaluation may have been there sooner. Settings in `benchmarks/hyperparams.py` (`GRPO_STATE`).
 
 {branching_verdicts(summaries)}
 
@@ -806,7 +813,7 @@ def benchmark(
     if "branching" in sections:
         branching_curves = out_dir / "branching_curves.png"
         plot_branching_curves(results, branching_curves)
-        section = branching_section(summaries, budgets, context, link(branching_curves, markdown))
+        section = branching_section(summaries, budgets, eval_every, context, link(branching_curves, markdown))
         update_markdown(markdown, section, BRANCHING_START, BRANCHING_END)
         print(f"\n{branching_table(summaries, budgets)}\n\n{branching_verdicts(summaries)}")
     print(f"\nWrote {out_dir}/learning.csv, learning_summary.json, the curves and {markdown}")
