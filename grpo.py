@@ -1211,10 +1211,12 @@ class GRPO(OnPolicyAlgorithm):
         self.logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
 
     def _log_probs_of(self, policy: BasePolicy, buffer: GroupRolloutBuffer) -> np.ndarray:
-        out = np.empty(buffer.size, dtype=np.float32)
+        """Log-probabilities of the trainable rows' actions under ``policy`` (other rows keep the behaviour's)."""
+        out = buffer.log_probs.copy()
+        rows = np.flatnonzero(buffer.trainable)
         with th.no_grad():
-            for start in range(0, buffer.size, 4096):
-                idx = np.arange(start, min(start + 4096, buffer.size))
+            for start in range(0, len(rows), 4096):
+                idx = rows[start : start + 4096]
                 dist = policy.get_distribution(buffer.observation_tensor(idx))  # type: ignore[operator]
                 actions = self._policy_actions(buffer.to_torch(buffer.actions[idx]))
                 out[idx] = dist.log_prob(actions).cpu().numpy()
