@@ -242,8 +242,8 @@ def check_forkable(env: VecEnv) -> None:
         wrapper = wrapper.venv
     if not isinstance(wrapper, DummyVecEnv):
         raise ValueError(
-            f"group_mode='state' forks each sub-environment at the states it branches from, and the "
-            f"sub-environments of a {type(wrapper).__name__} live in other processes, out of reach. Use a "
+            f"group_mode='state' forks each sub-environment at the states it branches from, and cannot reach the "
+            f"sub-environments of a {type(wrapper).__name__} (a SubprocVecEnv runs them in other processes). Use a "
             "DummyVecEnv (make_vec_env's default), or group_mode='episode'."
         )
     for index, sub_env in enumerate(wrapper.envs):
@@ -730,10 +730,10 @@ class GRPO(OnPolicyAlgorithm):
         CartPole's Euler integration updates the pole angle with the angular velocity of the previous step, so
         the angle one step ahead does not depend on the action at all, and ``lookahead=0`` (a 1-step
         comparison) gives angle-based rewards such as ``optimized_cartpole`` exactly zero advantage. From 1 on
-        the push shows; 4 leaves a margin for slower responses (the cart's position) and solved CartPole with
-        ``optimized_cartpole`` within 4k real steps on each of 8 seeds. A sparse reward that only differs at
-        failures (CartPole's own +1) needs the failure to happen inside the lookahead. Each branch point costs
-        up to ``(1 + lookahead)`` steps per tried action
+        the push shows; 4 leaves a margin for slower responses. With ``optimized_cartpole`` and the benchmark's
+        settings, lookaheads 1 to 8 all solved CartPole within 4k real steps on each of 8 seeds. A sparse
+        reward that only differs at failures (CartPole's own +1) needs the failure to happen inside the
+        lookahead. Each branch point costs up to ``(1 + lookahead)`` steps per tried action
     :param gamma: Discount factor of the returns that are compared within a group
     :param advantage: ``"timestep"``: a step's return-to-go against its group's return-to-go at the same step
         index (a per-timestep group baseline); ``"outcome"``: an episode's return, normalised in its group, for
