@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch as th
 
 with warnings.catch_warnings():
     # Starlette's TestClient still runs on httpx; its nudge towards httpx2 is not ours to act on.
@@ -75,3 +76,13 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
         for job_id in jobs:
             assert wait_for_job(test_client, job_id)["status"] == "completed"
         yield test_client
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """As the benchmark's workers and the service run: tiny networks gain nothing from threads, and on a busy
+    small CPU extra threads make them crawl."""
+    threads = th.get_num_threads()
+    th.set_num_threads(1)
+    yield
+    th.set_num_threads(threads)

@@ -5,7 +5,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch as th
 from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
@@ -56,15 +55,6 @@ def test_markdown_update_keeps_other_sections(learning, tmp_path):
     assert "## Throughput\nkept\n" in text
     assert "second" in text and "first" not in text
     assert text.count(learning.MARK_START) == 1
-
-
-@pytest.fixture
-def one_torch_thread():
-    """As the benchmark's workers run: several threads on a busy small CPU make the tiny updates crawl."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
 
 
 @pytest.mark.usefixtures("one_torch_thread")

@@ -677,15 +677,6 @@ def test_save_load_keeps_group_mode_and_its_parameters(tmp_path):
     assert GRPO("MlpPolicy", "CartPole-v1").group_mode == "episode"
 
 
-@pytest.fixture
-def one_torch_thread():
-    """Tiny networks gain nothing from threads, and on a busy small CPU extra threads make them crawl."""
-    threads = th.get_num_threads()
-    th.set_num_threads(1)
-    yield
-    th.set_num_threads(threads)
-
-
 @pytest.mark.usefixtures("one_torch_thread")
 def test_state_mode_learns_cartpole_with_optimized_cartpole():
     # Solved within 4k real steps on each of 8 seeds (docs/benchmarks.md); 6k leaves a margin.
