@@ -1,6 +1,6 @@
 """Benchmark of the service: inference throughput and latency, the same under training load, and training speed.
 
-    python benchmarks/api.py [--duration 3] [--output docs/benchmarks_api.md]
+    python benchmarks/api.py [--duration 3] [--output docs/benchmarks.md]
 
 It starts ``create_app`` under uvicorn in a subprocess (with one extra route, ``POST /echo``, that returns its
 body: the web stack's own ceiling on the same server), drives it from this process with httpx at several
@@ -31,6 +31,7 @@ from stable_baselines3.common.env_util import make_vec_env
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
+from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown  # noqa: E402
 from grpo import GRPO  # noqa: E402
 from rewards import REWARD_FUNCTIONS  # noqa: E402
 
@@ -299,8 +300,8 @@ def run(duration: float, output: Path) -> str:
         server.terminate()
         server.wait(timeout=60)
     text = "\n".join(lines)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text("# Benchmarks: the service\n\n" + text)
+    start, end = markers("service")
+    update_markdown(output, f"{start}\n{text}\n{end}", start, end)
     print(text)
     return text
 
@@ -312,7 +313,9 @@ def main() -> None:
     serve_parser.add_argument("--port", type=int, required=True)
     serve_parser.add_argument("--models-dir", required=True)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of requests per measurement")
-    parser.add_argument("--output", type=Path, default=REPO / "docs" / "benchmarks_api.md")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_MARKDOWN, help="markdown file whose service section is rewritten"
+    )
     args = parser.parse_args()
     if args.command == "serve":
         serve(args.port, args.models_dir)

@@ -55,6 +55,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_nor
 from torch import nn
 
 from benchmarks.hyperparams import HYPERPARAMS
+from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown
 from grpo import GRPO
 from rewards import REWARD_FUNCTIONS
 
@@ -112,11 +113,8 @@ QUICK_EVAL_EVERY = 1_000
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "docs" / "benchmarks"
-DEFAULT_MARKDOWN = ROOT / "docs" / "benchmarks.md"
-MARK_START = "<!-- learning:start -->"
-MARK_END = "<!-- learning:end -->"
-BRANCHING_START = "<!-- branching:start -->"
-BRANCHING_END = "<!-- branching:end -->"
+MARK_START, MARK_END = markers("learning")
+BRANCHING_START, BRANCHING_END = markers("branching")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -753,20 +751,6 @@ column is the fair comparison.
 {BRANCHING_END}"""
 
 
-def update_markdown(path: Path, section: str, start_mark: str = MARK_START, end_mark: str = MARK_END) -> None:
-    """Replace what lies between the markers, keeping the rest of the file; add the section if absent."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    start, end = text.find(start_mark), text.find(end_mark)
-    if start != -1 and end > start:
-        text = text[:start] + section + text[end + len(end_mark) :]
-    elif start == -1 and end == -1:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    else:
-        raise ValueError(f"{path}: the markers {start_mark} / {end_mark} are unpaired or out of order")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The benchmark and its command line
 # --------------------------------------------------------------------------------------------------------------
@@ -808,7 +792,8 @@ def benchmark(
     plot_curves(results, curves)
     sections = default_sections({job.algo for job in jobs}) if sections is None else sections
     if "learning" in sections:
-        update_markdown(markdown, markdown_section(summaries, budgets, eval_every, context, link(curves, markdown)))
+        section = markdown_section(summaries, budgets, eval_every, context, link(curves, markdown))
+        update_markdown(markdown, section, MARK_START, MARK_END)
         print(f"\n{markdown_table(summaries, budgets)}")
     if "branching" in sections:
         branching_curves = out_dir / "branching_curves.png"

@@ -49,8 +49,9 @@ def test_zoo_entries_translate_like_the_zoo(learning):
 def test_markdown_update_keeps_other_sections(learning, tmp_path):
     path = tmp_path / "benchmarks.md"
     path.write_text("# Benchmarks\n\n## Throughput\nkept\n")
-    learning.update_markdown(path, f"{learning.MARK_START}\nfirst\n{learning.MARK_END}")
-    learning.update_markdown(path, f"{learning.MARK_START}\nsecond\n{learning.MARK_END}")
+    marks = learning.MARK_START, learning.MARK_END
+    learning.update_markdown(path, f"{learning.MARK_START}\nfirst\n{learning.MARK_END}", *marks)
+    learning.update_markdown(path, f"{learning.MARK_START}\nsecond\n{learning.MARK_END}", *marks)
     text = path.read_text()
     assert "## Throughput\nkept\n" in text
     assert "second" in text and "first" not in text
