@@ -8,6 +8,7 @@ Run it with ``python run_api.py``; Swagger UI is at ``/docs`` and ReDoc at ``/re
 """
 
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -15,10 +16,11 @@ from typing import Annotated, Any
 import anyio
 import numpy as np
 import torch as th
-from fastapi import APIRouter, Body, Depends, FastAPI, Path, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from gymnasium import spaces
+from pydantic import BaseModel
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -42,6 +44,9 @@ from schemas import (
     InferenceRequest,
     InferenceResponse,
     JobList,
+    JobMetricPoint,
+    JobMetrics,
+    JobProgress,
     JobStatus,
     JobSummary,
     ModelInfo,
@@ -60,6 +65,7 @@ from store import (
     Database,
     InvalidName,
     JobRecord,
+    JobState,
     ModelBusy,
     ModelCache,
     ModelExists,
@@ -75,6 +81,9 @@ __all__ = ["REWARD_FUNCTIONS", "create_app"]
 
 VERSION = "1.0.0"
 logger = logging.getLogger("grpo.api")
+# How often an event stream looks for new points, and how long it stays silent before a keep-alive comment.
+EVENT_POLL_INTERVAL_S = 0.25
+EVENT_KEEPALIVE_S = 15.0
 
 
 class InvalidObservation(ServiceError):
@@ -169,6 +178,8 @@ async def root() -> RootResponse:
             "jobs": "GET /training/jobs",
             "job_status": "GET /training/{job_id}/status",
             "stop": "POST /training/{job_id}/stop",
+            "job_metrics": "GET /training/{job_id}/metrics",
+            "job_events": "GET /training/{job_id}/events",
             "model": "GET /models/{model_name}",
             "download": "GET /models/{model_name}/download",
             "evaluate": "POST /models/{model_name}/evaluate",
@@ -211,7 +222,10 @@ def list_jobs(runner: RunnerDep) -> JobList:
 
 @training_router.get("/training/{job_id}/status", response_model=JobStatus, responses=errors(404))
 def job_status(job_id: str, runner: RunnerDep) -> JobStatus:
-    record = runner.get(job_id)
+    return _job_status(runner.get(job_id))
+
+
+def _job_status(record: JobRecord) -> JobStatus:
     return JobStatus(
         **_summary_fields(record),
         current_timesteps=record.current_timesteps,
@@ -224,6 +238,83 @@ def job_status(job_id: str, runner: RunnerDep) -> JobStatus:
         metrics=record.metrics,
         config=record.config,
     )
+
+
+@training_router.get("/training/{job_id}/metrics", response_model=JobMetrics, responses=errors(404))
+def job_metrics(
+    job_id: str,
+    runner: RunnerDep,
+    since: Annotated[int, Query(ge=0, description="Only points after this timestep")] = -1,
+) -> JobMetrics:
+    """The job's learning curves: one point per rollout, oldest first."""
+    points = runner.metrics(job_id, since)
+    return JobMetrics(job_id=job_id, points=[JobMetricPoint(**vars(point)) for point in points])
+
+
+@training_router.get(
+    "/training/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Server-Sent Events: 'metrics' (a JobMetricPoint, id = its timesteps) for every point, "
+            "the missed ones first; 'progress' (JobProgress) when it changes; a last 'end' (JobStatus) once the "
+            "job is finished, and the stream closes",
+        },
+        **errors(404),
+    },
+)
+async def job_events(
+    job_id: str,
+    runner: RunnerDep,
+    since: Annotated[int, Query(ge=0, description="Send only the points after this timestep")] = -1,
+    last_event_id: Annotated[str | None, Header(description="Sent by reconnecting EventSources")] = None,
+) -> StreamingResponse:
+    """Watch a job live: its learning-curve points as they are recorded, its progress, and how it ended."""
+    if last_event_id is not None and last_event_id.isdigit():
+        since = max(since, int(last_event_id))
+    await anyio.to_thread.run_sync(runner.get, job_id)  # an unknown job is a 404, not an empty stream
+    return StreamingResponse(
+        _job_events(runner, job_id, since),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterator[str]:
+    # Each stream polls what the job keeps in memory: training never waits for a watcher.
+    progress = None
+    last_sent = time.monotonic()
+    while True:
+        record, points = await anyio.to_thread.run_sync(runner.snapshot, job_id, since)
+        events = [_event("metrics", JobMetricPoint(**vars(point)), point.timesteps) for point in points]
+        if points:
+            since = points[-1].timesteps
+        current = JobProgress(
+            job_id=job_id,
+            status=record.status,
+            progress=record.progress,
+            current_timesteps=record.current_timesteps,
+            total_timesteps=record.total_timesteps,
+        )
+        if current != progress:
+            events.append(_event("progress", current))
+            progress = current
+        if record.status not in (JobState.QUEUED, JobState.RUNNING):
+            yield "".join(events) + _event("end", _job_status(record))
+            return
+        if events:
+            yield "".join(events)
+            last_sent = time.monotonic()
+        elif time.monotonic() - last_sent > EVENT_KEEPALIVE_S:
+            yield ": keep-alive\n\n"  # a comment line, so proxies do not close a quiet stream
+            last_sent = time.monotonic()
+        await anyio.sleep(EVENT_POLL_INTERVAL_S)
+
+
+def _event(name: str, data: BaseModel, event_id: int | None = None) -> str:
+    id_line = f"id: {event_id}\n" if event_id is not None else ""
+    return f"event: {name}\n{id_line}data: {data.model_dump_json()}\n\n"
 
 
 @training_router.post("/training/{job_id}/stop", response_model=StopResponse, responses=errors(404, 409))

@@ -6,6 +6,7 @@ holding when it went down is ``interrupted``. Jobs run on an ``Executor``: here 
 implement ``submit`` and ``shutdown``.
 """
 
+import bisect
 import difflib
 import logging
 import os
@@ -15,7 +16,8 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Protocol
 
 import gymnasium as gym
@@ -31,6 +33,7 @@ from store import (
     Database,
     JobRecord,
     JobState,
+    MetricPoint,
     ModelBusy,
     ModelExists,
     ModelRecord,
@@ -120,8 +123,8 @@ def _generated_model_name(env_name: str, job_id: str) -> str:
     return f"grpo_{re.sub(r'[^A-Za-z0-9_.-]', '_', env_name)[:40]}_{job_id[:8]}"
 
 
-def build_model(config: TrainingConfig, device: str) -> GRPO:
-    """The GRPO model a job trains, on freshly made environments."""
+def build_model(config: TrainingConfig, device: str, tensorboard_log: Path | None = None) -> GRPO:
+    """The GRPO model a job trains, on freshly made environments; SB3 writes TensorBoard logs to ``tensorboard_log``."""
     env = make_vec_env(config.env_name, n_envs=config.n_envs, seed=config.seed)
     return GRPO(
         "MlpPolicy",
@@ -134,6 +137,7 @@ def build_model(config: TrainingConfig, device: str) -> GRPO:
         policy_kwargs={"net_arch": config.net_arch} if config.net_arch is not None else None,
         seed=config.seed,
         device=device,
+        tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
         # Only what the request set: GRPO's own defaults stay GRPO's.
         **config.model_dump(include=GRPO_ARGUMENTS, exclude_none=True),
     )
@@ -204,6 +208,10 @@ class ActiveJob:
     shutting_down: bool = False
     timesteps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    started_at: float = 0.0  # time.monotonic() when training began
+    # Every point of this run, in memory for cheap reads while it runs; the first ``saved_points`` are in the database.
+    history: list[MetricPoint] = field(default_factory=list)
+    saved_points: int = 0
 
 
 class JobCallback(BaseCallback):
@@ -347,6 +355,30 @@ class JobRunner:
             raise JobNotFound(f"Training job {job_id!r} not found")
         return self._with_live_progress(record)
 
+    def snapshot(self, job_id: str, since: int = -1) -> tuple[JobRecord, list[MetricPoint]]:
+        """A job's record and its learning-curve points after timestep ``since``.
+
+        A queued or running job is read from memory only, so any number of watchers never touch the database
+        the job writes to; a finished one from the database, which holds all of its points once it is finished.
+        """
+        with self._lock:
+            job = self._active.get(job_id)
+        if job is None:
+            record = self.get(job_id)
+            return record, self.db.list_metrics(job_id, since)
+        record = replace(
+            job.record,
+            status=JobState.RUNNING if job.started else JobState.QUEUED,
+            current_timesteps=job.timesteps,
+            metrics=dict(job.metrics),
+        )
+        # The history is sorted by timesteps: find the new points without walking all of them.
+        first = bisect.bisect_right(job.history, since, key=lambda point: point.timesteps)
+        return record, job.history[first:]
+
+    def metrics(self, job_id: str, since: int = -1) -> list[MetricPoint]:
+        return self.snapshot(job_id, since)[1]
+
     def list(self) -> list[JobRecord]:
         return [self._with_live_progress(record) for record in self.db.list_jobs()]
 
@@ -408,7 +440,8 @@ class JobRunner:
         self._transition(job_id, JobState.RUNNING, start_time=utcnow())
         model = None
         try:
-            model = build_model(config, self.settings.device)
+            model = build_model(config, self.settings.device, tensorboard_log=self.settings.jobs_dir / job_id)
+            job.started_at = time.monotonic()
             callback = JobCallback(job, self._report_progress)
             try:
                 model.learn(config.total_timesteps, callback=callback)
@@ -461,12 +494,29 @@ class JobRunner:
             self._finish(job, JobState.COMPLETED, model_saved=saved)
 
     def _report_progress(self, job: ActiveJob) -> None:
+        self._record_point(job)
         now = time.monotonic()
         if now - self._last_write.get(job.record.job_id, 0.0) >= PROGRESS_WRITE_INTERVAL_S:
             self._last_write[job.record.job_id] = now
             self.db.update_job(job.record.job_id, current_timesteps=job.timesteps, metrics=job.metrics)
+            self._save_points(job)
+
+    def _record_point(self, job: ActiveJob) -> None:
+        """Add a learning-curve point from the latest metrics, if training moved on since the last one."""
+        timesteps = int(job.metrics.get("time/total_timesteps", 0))
+        if timesteps > (job.history[-1].timesteps if job.history else 0):
+            job.history.append(MetricPoint.from_metrics(timesteps, time.monotonic() - job.started_at, job.metrics))
+
+    def _save_points(self, job: ActiveJob) -> None:
+        # Batched with the progress writes: one transaction a second, however short the rollouts are.
+        points = job.history[job.saved_points :]
+        self.db.add_metrics(job.record.job_id, points)
+        job.saved_points += len(points)
 
     def _finish(self, job: ActiveJob, status: JobState, **values: Any) -> None:
+        # Before the job leaves the active set: from then on, readers find all of its points in the database.
+        self._record_point(job)
+        self._save_points(job)
         self._transition(
             job.record.job_id,
             status,

@@ -157,6 +157,37 @@ class JobStatus(JobSummary):
     config: dict[str, Any] = Field(description="The settings the job runs with (TrainingConfig)")
 
 
+class JobMetricPoint(BaseModel):
+    """One point of a job's learning curves: recorded at each rollout and when training ends."""
+
+    timesteps: int = Field(description="Environment steps trained when the point was taken")
+    wall_time_s: float = Field(description="Seconds since the job began training")
+    episode_return_mean: float | None = Field(description="rollout/ep_rew_mean: the environment's own return")
+    episode_length_mean: float | None = Field(description="rollout/ep_len_mean")
+    policy_gradient_loss: float | None = Field(description="train/policy_gradient_loss")
+    entropy_loss: float | None = Field(description="train/entropy_loss")
+    loss: float | None = Field(description="train/loss")
+    approx_kl: float | None = Field(description="train/approx_kl")
+    clip_fraction: float | None = Field(description="train/clip_fraction")
+    fps: float | None = Field(description="time/fps: environment steps per second")
+    frac_zero_std_groups: float | None = Field(description="rollout/frac_zero_std_groups: groups with no signal")
+
+
+class JobMetrics(BaseModel):
+    job_id: str
+    points: list[JobMetricPoint] = Field(description="Oldest first")
+
+
+class JobProgress(BaseModel):
+    """The data of a 'progress' event of GET /training/{job_id}/events."""
+
+    job_id: str
+    status: JobState
+    progress: float = Field(ge=0, le=1)
+    current_timesteps: int
+    total_timesteps: int
+
+
 class StopResponse(BaseModel):
     message: str = Field(examples=["Training job stopped"])
     job_id: str

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
         default_factory=lambda data: data["models_dir"] / "grpo.db",
         description="SQLite database of jobs and model metadata (default: <models_dir>/grpo.db)",
     )
+    jobs_dir: Path = Field(
+        default_factory=lambda data: data["models_dir"] / "jobs",
+        description="One folder per job, <jobs_dir>/<job_id>, holding SB3's TensorBoard logs "
+        "(default: <models_dir>/jobs)",
+    )
     max_concurrent_jobs: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="Training jobs run at once"
     )

@@ -130,6 +130,41 @@ class JobRecord:
         return min(1.0, self.current_timesteps / self.total_timesteps) if self.total_timesteps else 0.0
 
 
+# The fields of a learning-curve point and the SB3 logger key each one is read from.
+METRIC_POINT_KEYS: dict[str, str] = {
+    "episode_return_mean": "rollout/ep_rew_mean",
+    "episode_length_mean": "rollout/ep_len_mean",
+    "policy_gradient_loss": "train/policy_gradient_loss",
+    "entropy_loss": "train/entropy_loss",
+    "loss": "train/loss",
+    "approx_kl": "train/approx_kl",
+    "clip_fraction": "train/clip_fraction",
+    "fps": "time/fps",
+    "frac_zero_std_groups": "rollout/frac_zero_std_groups",
+}
+
+
+@dataclass
+class MetricPoint:
+    """One point of a job's learning curves, taken at the start of each rollout and when training ends."""
+
+    timesteps: int
+    wall_time_s: float
+    episode_return_mean: float | None = None
+    episode_length_mean: float | None = None
+    policy_gradient_loss: float | None = None
+    entropy_loss: float | None = None
+    loss: float | None = None
+    approx_kl: float | None = None
+    clip_fraction: float | None = None
+    fps: float | None = None
+    frac_zero_std_groups: float | None = None
+
+    @classmethod
+    def from_metrics(cls, timesteps: int, wall_time_s: float, metrics: dict[str, float]) -> "MetricPoint":
+        return cls(timesteps, wall_time_s, **{name: metrics.get(key) for name, key in METRIC_POINT_KEYS.items()})
+
+
 @dataclass
 class ModelRecord:
     name: str
@@ -172,6 +207,21 @@ CREATE TABLE IF NOT EXISTS models (
     hyperparameters TEXT NOT NULL DEFAULT '{}',
     metrics TEXT NOT NULL DEFAULT '{}',
     timesteps INTEGER
+);
+CREATE TABLE IF NOT EXISTS metrics (
+    job_id TEXT NOT NULL,
+    timesteps INTEGER NOT NULL,
+    wall_time_s REAL NOT NULL,
+    episode_return_mean REAL,
+    episode_length_mean REAL,
+    policy_gradient_loss REAL,
+    entropy_loss REAL,
+    loss REAL,
+    approx_kl REAL,
+    clip_fraction REAL,
+    fps REAL,
+    frac_zero_std_groups REAL,
+    PRIMARY KEY (job_id, timesteps)
 );
 """
 _JSON_COLUMNS = {"config", "metrics", "observation_space", "action_space", "hyperparameters"}
@@ -257,6 +307,27 @@ class Database:
             "UPDATE jobs SET status = ?, end_time = ?, message = ? WHERE status IN (?, ?)",
             (JobState.INTERRUPTED.value, utcnow().isoformat(), message, JobState.QUEUED.value, JobState.RUNNING.value),
         )
+
+    # metric history
+
+    def add_metrics(self, job_id: str, points: list[MetricPoint]) -> None:
+        """Append points to a job's learning curves, in one transaction."""
+        if not points:
+            return
+        rows = [(job_id, *vars(point).values()) for point in points]
+        columns = ", ".join(["job_id", *vars(points[0])])
+        marks = ", ".join("?" for _ in rows[0])
+        with self._lock, self._conn:
+            self._conn.executemany(f"INSERT OR REPLACE INTO metrics ({columns}) VALUES ({marks})", rows)
+
+    def list_metrics(self, job_id: str, since: int = -1) -> list[MetricPoint]:
+        """A job's points after timestep ``since``, oldest first."""
+        rows = self._read(
+            "SELECT * FROM metrics WHERE job_id = ? AND timesteps > ? ORDER BY timesteps", (job_id, since)
+        )
+        for row in rows:
+            del row["job_id"]
+        return [MetricPoint(**row) for row in rows]
 
     # models
 

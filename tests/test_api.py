@@ -1,5 +1,6 @@
 """Every endpoint and error path of the service, through FastAPI's TestClient."""
 
+import json
 import os
 import sqlite3
 import threading
@@ -489,6 +490,139 @@ def test_schema_offers_grpos_choices() -> None:
     assert set(schema["advantage"]["anyOf"][0]["enum"]) == set(grpo.ADVANTAGE_MODES)
     assert set(schema["scale_rewards"]["anyOf"][0]["enum"]) == set(grpo.SCALE_REWARDS)
     assert schema["group_size"]["default"] is None  # GRPO's own default, whatever it is
+
+
+# metric history
+
+
+def test_metric_history_has_a_point_per_rollout(service: TestClient) -> None:
+    job = next(job for job in service.get("/training/jobs").json()["jobs"] if job["model_name"] == "cartpole")
+    status = service.get(f"/training/{job['job_id']}/status").json()
+    body = service.get(f"/training/{job['job_id']}/metrics").json()
+    assert body["job_id"] == job["job_id"]
+    points = body["points"]
+    steps = [point["timesteps"] for point in points]
+    # A rollout ends on complete groups (several episodes each), and a last point comes where training ended.
+    assert len(points) >= 3 and steps == sorted(set(steps))
+    assert steps[-1] == status["current_timesteps"]
+    assert [point["wall_time_s"] for point in points] == sorted(point["wall_time_s"] for point in points)
+    last = points[-1]
+    for key in ("episode_return_mean", "episode_length_mean", "policy_gradient_loss", "entropy_loss", "loss"):
+        assert last[key] is not None, key
+    assert last["approx_kl"] >= 0 and 0 <= last["clip_fraction"] <= 1 and last["fps"] > 0
+    assert 0 <= last["frac_zero_std_groups"] <= 1
+    assert last["episode_return_mean"] == pytest.approx(status["metrics"]["rollout/ep_rew_mean"])
+
+    since = steps[len(steps) // 2]
+    later = service.get(f"/training/{job['job_id']}/metrics", params={"since": since}).json()["points"]
+    assert later == points[len(steps) // 2 + 1 :]
+
+
+def test_metric_history_errors(service: TestClient) -> None:
+    assert service.get("/training/nope/metrics").status_code == 404
+    job_id = service.get("/training/jobs").json()["jobs"][0]["job_id"]
+    assert service.get(f"/training/{job_id}/metrics", params={"since": -5}).status_code == 422
+
+
+def test_metric_history_grows_while_the_job_runs(client: TestClient) -> None:
+    job_id = train(client, model_name="growing", total_timesteps=150_000)
+    wait_for_job(client, job_id, until=lambda s: s["current_timesteps"] > 200)
+    deadline = time.monotonic() + 30
+    while not client.get(f"/training/{job_id}/metrics").json()["points"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    client.post(f"/training/{job_id}/stop")
+    points = client.get(f"/training/{job_id}/metrics").json()["points"]
+    status = client.get(f"/training/{job_id}/status").json()
+    assert status["status"] == "stopped" and points[-1]["timesteps"] == status["current_timesteps"]
+
+
+def read_events(client: TestClient, path: str, **kwargs: Any) -> list[tuple[str, dict[str, Any], str | None]]:
+    """Every (event, data, id) of a Server-Sent Events stream, until the server closes it."""
+    events, fields = [], {}
+    with client.stream("GET", path, **kwargs) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                continue
+            if not line:
+                events.append((fields["event"], json.loads(fields["data"]), fields.get("id")))
+                fields = {}
+                continue
+            key, _, value = line.partition(": ")
+            fields[key] = value
+    return events
+
+
+def test_events_of_a_finished_job_replay_its_history_then_end(service: TestClient) -> None:
+    job_id = next(job for job in service.get("/training/jobs").json()["jobs"] if job["model_name"] == "cartpole")[
+        "job_id"
+    ]
+    points = service.get(f"/training/{job_id}/metrics").json()["points"]
+    events = read_events(service, f"/training/{job_id}/events")
+    assert [data for name, data, _ in events if name == "metrics"] == points
+    assert [int(event_id) for name, _, event_id in events if name == "metrics"] == [p["timesteps"] for p in points]
+    (name, end, _) = events[-1]
+    assert name == "end" and end["status"] == "completed" and end["progress"] == 1.0
+    assert end == service.get(f"/training/{job_id}/status").json()
+
+    # A client that reconnects, or asks for what came after a timestep, gets only the newer points.
+    middle = points[len(points) // 2]["timesteps"]
+    resumed = read_events(service, f"/training/{job_id}/events", headers={"Last-Event-ID": str(middle)})
+    assert [data for name, data, _ in resumed if name == "metrics"] == [p for p in points if p["timesteps"] > middle]
+    since = read_events(service, f"/training/{job_id}/events", params={"since": middle})
+    assert since == resumed
+
+
+def test_events_follow_a_running_job_to_its_end(client: TestClient) -> None:
+    job_id = train(client, model_name="watched", total_timesteps=2_000)
+    events = read_events(client, f"/training/{job_id}/events")
+    names = [name for name, _, _ in events]
+    assert names[-1] == "end" and names.count("end") == 1
+    progress = [data for name, data, _ in events if name == "progress"]
+    assert progress[-1]["current_timesteps"] >= 2_000 and progress[-1]["progress"] == 1.0
+    assert [p["current_timesteps"] for p in progress] == sorted(p["current_timesteps"] for p in progress)
+    streamed = [data for name, data, _ in events if name == "metrics"]
+    assert streamed == client.get(f"/training/{job_id}/metrics").json()["points"]
+    assert events[-1][1]["status"] == "completed"
+
+
+def test_event_watchers_read_memory_not_the_database(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = client.app.state.runner
+    job_id = train(client, model_name="watched_live", total_timesteps=150_000)
+    wait_for_job(client, job_id, until=lambda s: s["current_timesteps"] > 500)
+
+    def no_database(*args: Any) -> Any:
+        raise AssertionError("a watcher of a running job read the database")
+
+    monkeypatch.setattr(runner.db, "list_metrics", no_database)
+    monkeypatch.setattr(runner.db, "get_job", no_database)
+    record, points = runner.snapshot(job_id)
+    assert record.status is JobState.RUNNING and points
+    monkeypatch.undo()
+    client.post(f"/training/{job_id}/stop")
+    assert read_events(client, f"/training/{job_id}/events")[-1][1]["status"] == "stopped"
+
+
+def test_events_of_an_unknown_job_are_404(service: TestClient) -> None:
+    assert service.get("/training/nope/events").status_code == 404
+
+
+def test_metric_history_and_tensorboard_logs_survive_a_restart(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        job_id = train(client, model_name="curves", total_timesteps=300)
+        assert wait_for_job(client, job_id)["status"] == "completed"
+        before = client.get(f"/training/{job_id}/metrics").json()
+    assert before["points"]
+    with TestClient(create_app(settings)) as client:
+        assert client.get(f"/training/{job_id}/metrics").json() == before
+    # SB3's own TensorBoard output, one run folder per job.
+    assert list((settings.jobs_dir / job_id).glob("GRPO_1/events.out.tfevents.*"))
+    with sqlite3.connect(settings.db_path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM metrics WHERE job_id = ?", (job_id,)).fetchone()[0] == len(
+            before["points"]
+        )
 
 
 # persistence
