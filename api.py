@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 
 import anyio
@@ -18,7 +19,8 @@ import numpy as np
 import torch as th
 from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
 from gymnasium import spaces
 from pydantic import BaseModel
 from stable_baselines3.common.env_util import make_vec_env
@@ -81,6 +83,8 @@ __all__ = ["REWARD_FUNCTIONS", "create_app"]
 
 VERSION = "1.0.0"
 logger = logging.getLogger("grpo.api")
+# The dashboard's page, scripts and styles, and the charting library they use: served as they are, no build step.
+STATIC_DIR = FilePath(__file__).resolve().parent / "static"
 # How often an event stream looks for new points, and how long it stays silent before a keep-alive comment.
 EVENT_POLL_INTERVAL_S = 0.25
 EVENT_KEEPALIVE_S = 15.0
@@ -186,8 +190,15 @@ async def root() -> RootResponse:
             "delete": "DELETE /models/{model_name}",
             "reward_functions": "GET /reward-functions",
             "docs": "GET /docs",
+            "dashboard": "GET /dashboard",
         },
     )
+
+
+@root_router.get("/dashboard", response_class=FileResponse, include_in_schema=False)
+async def dashboard() -> FileResponse:
+    """A page to watch and start training, see learning curves, manage models and try inference."""
+    return FileResponse(STATIC_DIR / "dashboard.html")
 
 
 @root_router.get("/health", response_model=HealthResponse)
@@ -586,4 +597,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error_handler)
     for router in (root_router, training_router, inference_router, models_router, reward_functions_router):
         app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

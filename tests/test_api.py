@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -623,6 +624,21 @@ def test_metric_history_and_tensorboard_logs_survive_a_restart(settings: Setting
         assert conn.execute("SELECT COUNT(*) FROM metrics WHERE job_id = ?", (job_id,)).fetchone()[0] == len(
             before["points"]
         )
+
+
+# dashboard
+
+
+def test_dashboard_is_served_with_local_assets_only(service: TestClient) -> None:
+    page = service.get("/dashboard")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert "/static/vendor/uplot/uPlot.iife.min.js" in assets and "/static/dashboard.js" in assets
+    for asset in assets:
+        assert asset.startswith("/static/"), f"{asset} would need the internet"
+        assert service.get(asset).status_code == 200, asset
+    assert service.get("/static/vendor/uplot/LICENSE").status_code == 200
+    assert service.get("/").json()["endpoints"]["dashboard"] == "GET /dashboard"  # "/" stays the API's JSON
 
 
 # persistence
