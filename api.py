@@ -85,9 +85,12 @@ VERSION = "1.0.0"
 logger = logging.getLogger("grpo.api")
 # The dashboard's page, scripts and styles, and the charting library they use: served as they are, no build step.
 STATIC_DIR = FilePath(__file__).resolve().parent / "static"
-# How often an event stream looks for new points, and how long it stays silent before a keep-alive comment.
+# How often an event stream looks for new points.
 EVENT_POLL_INTERVAL_S = 0.25
-EVENT_KEEPALIVE_S = 15.0
+# uvicorn waits for open responses before it shuts down: a stream ends after this long, and its client reconnects
+# with Last-Event-ID (EventSource does so by itself, after EVENT_RETRY_MS) to continue where it was.
+EVENT_STREAM_MAX_S = 15.0
+EVENT_RETRY_MS = 1000
 
 
 class InvalidObservation(ServiceError):
@@ -270,7 +273,8 @@ def job_metrics(
             "content": {"text/event-stream": {}},
             "description": "Server-Sent Events: 'metrics' (a JobMetricPoint, id = its timesteps) for every point, "
             "the missed ones first; 'progress' (JobProgress) when it changes; a last 'end' (JobStatus) once the "
-            "job is finished, and the stream closes",
+            "job is finished, and the stream closes. A stream without 'end' closed after "
+            f"{EVENT_STREAM_MAX_S:.0f} s: reconnect with Last-Event-ID (EventSource does) to go on",
         },
         **errors(404),
     },
@@ -295,7 +299,8 @@ async def job_events(
 async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterator[str]:
     # Each stream polls what the job keeps in memory: training never waits for a watcher.
     progress = None
-    last_sent = time.monotonic()
+    closes_at = time.monotonic() + EVENT_STREAM_MAX_S
+    yield f"retry: {EVENT_RETRY_MS}\n\n"
     while True:
         record, points = await anyio.to_thread.run_sync(runner.snapshot, job_id, since)
         events = [_event("metrics", JobMetricPoint(**vars(point)), point.timesteps) for point in points]
@@ -316,10 +321,8 @@ async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterat
             return
         if events:
             yield "".join(events)
-            last_sent = time.monotonic()
-        elif time.monotonic() - last_sent > EVENT_KEEPALIVE_S:
-            yield ": keep-alive\n\n"  # a comment line, so proxies do not close a quiet stream
-            last_sent = time.monotonic()
+        if time.monotonic() > closes_at:
+            return
         await anyio.sleep(EVENT_POLL_INTERVAL_S)
 
 

@@ -548,7 +548,8 @@ def read_events(client: TestClient, path: str, **kwargs: Any) -> list[tuple[str,
             if line.startswith(":"):
                 continue
             if not line:
-                events.append((fields["event"], json.loads(fields["data"]), fields.get("id")))
+                if "event" in fields:  # not the stream's opening 'retry:' advice
+                    events.append((fields["event"], json.loads(fields["data"]), fields.get("id")))
                 fields = {}
                 continue
             key, _, value = line.partition(": ")
@@ -604,6 +605,24 @@ def test_event_watchers_read_memory_not_the_database(client: TestClient, monkeyp
     monkeypatch.undo()
     client.post(f"/training/{job_id}/stop")
     assert read_events(client, f"/training/{job_id}/events")[-1][1]["status"] == "stopped"
+
+
+def test_a_stream_closes_after_a_while_and_resumes_where_it_was(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # uvicorn waits for open streams before shutting down: none may stay open for the whole of a long job.
+    monkeypatch.setattr(api, "EVENT_STREAM_MAX_S", 0.5)
+    job_id = train(client, model_name="resumed", total_timesteps=150_000)
+    wait_for_job(client, job_id, until=lambda s: s["current_timesteps"] > 500)
+    first = read_events(client, f"/training/{job_id}/events")
+    assert "end" not in [name for name, _, _ in first]
+    last_id = [event_id for name, _, event_id in first if name == "metrics"][-1]
+    time.sleep(0.5)
+    client.post(f"/training/{job_id}/stop")
+    rest = read_events(client, f"/training/{job_id}/events", headers={"Last-Event-ID": last_id})
+    assert rest[-1][0] == "end" and rest[-1][1]["status"] == "stopped"
+    streamed = [data for name, data, _ in first + rest if name == "metrics"]
+    assert streamed == client.get(f"/training/{job_id}/metrics").json()["points"]
 
 
 def test_events_of_an_unknown_job_are_404(service: TestClient) -> None:
