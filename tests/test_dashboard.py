@@ -47,6 +47,17 @@ def chromium_path() -> str:
     return path
 
 
+def test_a_missing_chromium_is_a_skip_here_and_a_failure_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(os.path, "exists", lambda path: False)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="chromium is not installed"):
+        chromium_path()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must run"):
+        chromium_path()
+
+
 class DevTools:
     """A page of a headless Chromium, commanded over the DevTools Protocol."""
 
