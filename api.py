@@ -86,7 +86,7 @@ logger = logging.getLogger("grpo.api")
 # The dashboard's page, scripts and styles, and the charting library they use: served as they are, no build step.
 STATIC_DIR = FilePath(__file__).resolve().parent / "static"
 # How often an event stream looks for new points.
-EVENT_POLL_INTERVAL_S = 0.25
+EVENT_POLL_INTERVAL_S = 0.5
 # uvicorn waits for open responses before it shuts down: a stream ends after this long, and its client reconnects
 # with Last-Event-ID (EventSource does so by itself, after EVENT_RETRY_MS) to continue where it was.
 EVENT_STREAM_MAX_S = 15.0
@@ -302,7 +302,9 @@ async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterat
     closes_at = time.monotonic() + EVENT_STREAM_MAX_S
     yield f"retry: {EVENT_RETRY_MS}\n\n"
     while True:
-        record, points = await anyio.to_thread.run_sync(runner.snapshot, job_id, since)
+        # An active job is read from memory, right here; only a finished one needs the database, on a thread.
+        live = runner.live_snapshot(job_id, since)
+        record, points = live or await anyio.to_thread.run_sync(runner.snapshot, job_id, since)
         events = [_event("metrics", JobMetricPoint(**vars(point)), point.timesteps) for point in points]
         if points:
             since = points[-1].timesteps

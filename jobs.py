@@ -358,14 +358,20 @@ class JobRunner:
     def snapshot(self, job_id: str, since: int = -1) -> tuple[JobRecord, list[MetricPoint]]:
         """A job's record and its learning-curve points after timestep ``since``.
 
-        A queued or running job is read from memory only, so any number of watchers never touch the database
-        the job writes to; a finished one from the database, which holds all of its points once it is finished.
+        A queued or running job is read from memory (``live_snapshot``); a finished one from the database, which
+        holds all of its points by the time the job leaves memory.
         """
-        with self._lock:
-            job = self._active.get(job_id)
+        live = self.live_snapshot(job_id, since)
+        if live is not None:
+            return live
+        return self.get(job_id), self.db.list_metrics(job_id, since)
+
+    def live_snapshot(self, job_id: str, since: int = -1) -> tuple[JobRecord, list[MetricPoint]] | None:
+        """``snapshot`` of a queued or running job, from memory alone: it never waits for a lock or the disk, so
+        any number of watchers can call it from the event loop. None once the job is no longer active."""
+        job = self._active.get(job_id)  # one dict read is atomic: no lock to contend for with the job's thread
         if job is None:
-            record = self.get(job_id)
-            return record, self.db.list_metrics(job_id, since)
+            return None
         record = replace(
             job.record,
             status=JobState.RUNNING if job.started else JobState.QUEUED,
