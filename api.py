@@ -7,6 +7,8 @@ Domain errors raised anywhere below are turned into HTTP status codes in one pla
 Run it with ``python run_api.py``; Swagger UI is at ``/docs`` and ReDoc at ``/redoc``.
 """
 
+import hmac
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -17,9 +19,10 @@ from typing import Annotated, Any
 import anyio
 import numpy as np
 import torch as th
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from gymnasium import spaces
 from pydantic import BaseModel
@@ -97,12 +100,17 @@ class InvalidObservation(ServiceError):
     pass
 
 
+class NotAuthenticated(ServiceError):
+    pass
+
+
 class InvalidEvaluation(ServiceError):
     pass
 
 
 # Every domain error and the status code a client sees for it; the first matching class wins.
 ERROR_STATUS: dict[type[ServiceError], int] = {
+    NotAuthenticated: 401,
     ModelNotFound: 404,
     JobNotFound: 404,
     ModelUnreadable: 500,
@@ -119,6 +127,7 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
 
 _ERROR_DESCRIPTIONS = {
     400: "Invalid parameters",
+    401: "Missing or wrong X-API-Key (only when the server has a key)",
     404: "No such job or model",
     409: "Conflicts with the current state (name taken, job finished, model in training)",
     500: "A stored model cannot be read",
@@ -141,6 +150,35 @@ def get_runner(request: Request) -> JobRunner:
     return request.app.state.runner
 
 
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+api_key_header = APIKeyHeader(
+    name="X-API-Key", auto_error=False, description="The server's GRPO_API_KEY, when it has one"
+)
+
+
+def require_api_key(request: Request, key: Annotated[str | None, Security(api_key_header)]) -> None:
+    """Let the request through when the server has no key, or when it sent the key."""
+    expected = get_settings(request).api_key
+    if expected is None:
+        return
+    # Constant time: how long a wrong key takes to refuse says nothing about how much of it was right.
+    if key is None or not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
+        raise NotAuthenticated("Missing or wrong X-API-Key")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may be reachable from anywhere
+        return False
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 ModelNameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
@@ -167,9 +205,10 @@ async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResp
     return JSONResponse({"detail": "Internal server error"}, status_code=500)
 
 
-# root and health
+# root and health: /health and /dashboard are open to all (the page holds no data; it asks for the key)
 
 root_router = APIRouter(tags=["health"])
+public_router = APIRouter(tags=["health"])
 
 
 @root_router.get("/", response_model=RootResponse)
@@ -198,13 +237,13 @@ async def root() -> RootResponse:
     )
 
 
-@root_router.get("/dashboard", response_class=FileResponse, include_in_schema=False)
+@public_router.get("/dashboard", response_class=FileResponse, include_in_schema=False)
 async def dashboard() -> FileResponse:
     """A page to watch and start training, see learning curves, manage models and try inference."""
     return FileResponse(STATIC_DIR / "dashboard.html")
 
 
-@root_router.get("/health", response_model=HealthResponse)
+@public_router.get("/health", response_model=HealthResponse)
 async def health(runner: RunnerDep, store: StoreDep) -> HealthResponse:
     running, queued = runner.counts()
     return HealthResponse(
@@ -580,8 +619,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         runner = JobRunner(db, store, settings)
         runner.recover()
-        app.state.settings, app.state.store, app.state.runner = settings, store, runner
+        app.state.store, app.state.runner = store, runner
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
+        if settings.api_key is None and not is_loopback(settings.host):
+            logger.warning(
+                "no API key set while serving on %s: anyone who can reach it can train, serve and delete models; "
+                "set GRPO_API_KEY (or --api-key)",
+                settings.host,
+            )
         try:
             yield
         finally:
@@ -597,10 +642,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "serve their actions.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
     app.add_exception_handler(ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
+    app.include_router(public_router)
     for router in (root_router, training_router, inference_router, models_router, reward_functions_router):
-        app.include_router(router)
+        app.include_router(router, dependencies=[Depends(require_api_key)], responses=errors(401))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app

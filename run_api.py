@@ -23,6 +23,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-concurrent-jobs", dest="max_concurrent_jobs", type=int, help="training jobs at once (default: CPUs)"
     )
+    parser.add_argument("--api-key", dest="api_key", help="require this X-API-Key on every request (default: none)")
     parser.add_argument("--log-level", dest="log_level", choices=LogLevel.__args__, help="default info")
     return parser.parse_args(argv)
 

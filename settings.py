@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -44,6 +44,10 @@ class Settings(BaseSettings):
         ge=0,
         le=19,
         description="How much lower than the server's the training threads' CPU priority is (0: the same)",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every endpoint but /health, /ready and the docs requires it in the X-API-Key header",
     )
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

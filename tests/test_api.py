@@ -838,3 +838,78 @@ def test_training_threads_yield_the_cpu_to_the_server():
     executor.shutdown()
     assert seen == [min(19, base + 5)]
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the server's own threads keep their priority
+
+
+# auth
+
+
+def test_a_key_guards_every_endpoint_but_health_docs_and_the_dashboard(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, api_key="s3cret"))) as client:
+        for path in ["/health", "/docs", "/redoc", "/openapi.json", "/dashboard", "/static/dashboard.js"]:
+            assert client.get(path).status_code == 200, path
+        schema = client.get("/openapi.json").json()
+        guarded = [
+            (method, path)
+            for path, operations in schema["paths"].items()
+            for method, operation in operations.items()
+            if path not in ("/health", "/ready")
+        ]
+        assert guarded
+        for method, path in guarded:
+            operation = schema["paths"][path][method]
+            assert operation["security"] == [{"APIKeyHeader": []}], path
+            assert "401" in operation["responses"], path
+            url = path.replace("{job_id}", "nope").replace("{model_name}", "nope")
+            wrong_keys = ["wrong", "s3cret-and-more", "é".encode("latin-1")]
+            for headers in [{}, *({"X-API-Key": key} for key in wrong_keys)]:
+                response = client.request(method, url, headers=headers)
+                assert response.status_code == 401, (method, path, headers)
+                assert response.json() == {"detail": "Missing or wrong X-API-Key"}
+        assert schema["components"]["securitySchemes"]["APIKeyHeader"] == {
+            "type": "apiKey",
+            "in": "header",
+            "name": "X-API-Key",
+            "description": "The server's GRPO_API_KEY, when it has one",
+        }
+        authorized = {"X-API-Key": "s3cret"}
+        assert client.get("/models", headers=authorized).json() == {"models": []}
+        assert client.get("/training/nope/status", headers=authorized).status_code == 404
+        job = client.post("/train", json={**TINY, "total_timesteps": 64}, headers=authorized)
+        assert job.status_code == 200
+        # The dashboard's event stream goes through fetch with the header too.
+        with client.stream("GET", f"/training/{job.json()['job_id']}/events", headers=authorized) as events:
+            assert events.status_code == 200
+
+
+def test_the_key_is_compared_in_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    real = api.hmac.compare_digest
+    monkeypatch.setattr(api.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    with TestClient(create_app(make_settings(tmp_path, api_key="s3cret"))) as client:
+        assert client.get("/models", headers={"X-API-Key": "guess"}).status_code == 401
+    assert calls == [(b"guess", b"s3cret")]
+
+
+def test_without_a_key_the_server_is_open_and_warns_off_loopback(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    for host, warned in [("127.0.0.1", False), ("localhost", False), ("::1", False), ("0.0.0.0", True)]:
+        caplog.clear()
+        with TestClient(create_app(make_settings(tmp_path / host, host=host))) as client:
+            assert client.get("/models").status_code == 200
+        assert ("no API key set" in caplog.text) is warned, host
+    caplog.clear()
+    with TestClient(create_app(make_settings(tmp_path / "keyed", host="0.0.0.0", api_key="k"))):
+        pass
+    assert "no API key set" not in caplog.text
+
+
+def test_api_key_from_the_environment_and_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPO_API_KEY", "from-env")
+    assert Settings().api_key.get_secret_value() == "from-env"
+    assert "from-env" not in repr(Settings())
+    captured: dict[str, Any] = {}
+    monkeypatch.setattr(run_api.uvicorn, "run", lambda app, **kwargs: None)
+    monkeypatch.setattr(run_api, "create_app", lambda settings: captured.setdefault("settings", settings))
+    run_api.main(["--api-key", "from-flag"])
+    assert captured["settings"].api_key.get_secret_value() == "from-flag"
