@@ -19,8 +19,9 @@ from typing import Annotated, Any
 import anyio
 import numpy as np
 import torch as th
-from fastapi import APIRouter, Body, Depends, FastAPI, Header, Path, Query, Request, Security
+from fastapi import APIRouter, Body, Depends, FastAPI, Header, HTTPException, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
@@ -35,6 +36,7 @@ from jobs import (
     JobNotActive,
     JobNotFound,
     JobRunner,
+    TooManyJobs,
     UnknownEnvironment,
     environment_spaces,
 )
@@ -104,6 +106,10 @@ class NotAuthenticated(ServiceError):
     pass
 
 
+class BatchTooLarge(ServiceError):
+    pass
+
+
 class InvalidEvaluation(ServiceError):
     pass
 
@@ -122,6 +128,8 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     UnknownEnvironment: 400,
     InvalidObservation: 400,
     InvalidEvaluation: 400,
+    BatchTooLarge: 413,
+    TooManyJobs: 429,
 }
 
 
@@ -130,6 +138,8 @@ _ERROR_DESCRIPTIONS = {
     401: "Missing or wrong X-API-Key (only when the server has a key)",
     404: "No such job or model",
     409: "Conflicts with the current state (name taken, job finished, model in training)",
+    413: "The request body, or its batch of observations, is larger than this server takes",
+    429: "Every training slot is busy and the queue is full; try again after Retry-After seconds",
     500: "A stored model cannot be read",
 }
 
@@ -190,7 +200,7 @@ ModelNameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
     status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 400)
-    return JSONResponse({"detail": exc.detail}, status_code=status)
+    return JSONResponse({"detail": exc.detail}, status_code=status, headers=exc.headers or None)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -203,6 +213,40 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
     logger.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "Internal server error"}, status_code=500)
+
+
+# request size
+
+
+class RequestSizeLimit:
+    """Answers 413 to a request whose body is larger than ``max_bytes``: at once when its Content-Length says so,
+    and while it is read when the body is streamed (chunked) or its Content-Length understates it."""
+
+    def __init__(self, app: Any, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        detail = f"Request body larger than this server's limit of {self.max_bytes} bytes"
+        length = dict(scope["headers"]).get(b"content-length", b"")
+        if length.isdigit() and int(length) > self.max_bytes:
+            await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> dict[str, Any]:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # FastAPI passes an HTTPException raised while it reads the body on to its handler: a clean 413.
+                raise HTTPException(status_code=413, detail=detail)
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 # root and health: /health and /dashboard are open to all (the page holds no data; it asks for the key)
@@ -260,7 +304,7 @@ async def health(runner: RunnerDep, store: StoreDep) -> HealthResponse:
 training_router = APIRouter(tags=["training"])
 
 
-@training_router.post("/train", response_model=TrainResponse, responses=errors(400, 409))
+@training_router.post("/train", response_model=TrainResponse, responses=errors(400, 409, 413, 429))
 def train(runner: RunnerDep, request: Annotated[TrainRequest | None, Body()] = None) -> TrainResponse:
     # No body at all trains with every default, like an empty one.
     record, config, position = runner.submit(request or TrainRequest())
@@ -455,11 +499,16 @@ def action_json(action: np.ndarray, space: spaces.Space) -> Any:
 
 
 @inference_router.post(
-    "/inference", response_model=InferenceResponse | BatchInferenceResponse, responses=errors(400, 404, 500)
+    "/inference", response_model=InferenceResponse | BatchInferenceResponse, responses=errors(400, 404, 413, 500)
 )
 def inference(
-    request: InferenceRequest, store: StoreDep, runner: RunnerDep
+    request: InferenceRequest, store: StoreDep, runner: RunnerDep, settings: SettingsDep
 ) -> InferenceResponse | BatchInferenceResponse:
+    if request.observations is not None and len(request.observations) > settings.max_inference_batch:
+        raise BatchTooLarge(
+            f"{len(request.observations)} observations in one request; this server takes at most "
+            f"{settings.max_inference_batch} (send several requests)"
+        )
     try:
         model = store.load(request.model_name)
     except ModelNotFound:
@@ -534,7 +583,9 @@ def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
     )
 
 
-@models_router.post("/models/{model_name}/evaluate", response_model=EvaluateResponse, responses=errors(400, 404, 500))
+@models_router.post(
+    "/models/{model_name}/evaluate", response_model=EvaluateResponse, responses=errors(400, 404, 413, 500)
+)
 def evaluate_model(
     model_name: ModelNameParam,
     store: StoreDep,
@@ -650,4 +701,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (root_router, training_router, inference_router, models_router, reward_functions_router):
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=errors(401))
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Content-Type", "X-API-Key", "Last-Event-ID"],
+        )
     return app

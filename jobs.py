@@ -18,7 +18,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import gymnasium as gym
 from gymnasium import spaces
@@ -65,6 +65,12 @@ class JobNotFound(ServiceError):
 
 class JobNotActive(ServiceError):
     pass
+
+
+class TooManyJobs(ServiceError):
+    """Every training slot is busy and the queue is full."""
+
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "30"}
 
 
 class StopTraining(Exception):
@@ -209,29 +215,40 @@ class ActiveJob:
     timesteps: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0  # time.monotonic() when training began
+    timed_out: bool = False  # stopped because it ran past the server's job_timeout_s
     # Every point of this run, in memory for cheap reads while it runs; the first ``saved_points`` are in the database.
     history: list[MetricPoint] = field(default_factory=list)
     saved_points: int = 0
 
 
 class JobCallback(BaseCallback):
-    """Reports a job's progress and metrics, and stops its training when asked."""
+    """Reports a job's progress and metrics, and stops its training when asked or when it runs out of time."""
 
-    def __init__(self, job: ActiveJob, report: Callable[[ActiveJob], None]) -> None:
+    def __init__(self, job: ActiveJob, report: Callable[[ActiveJob], None], timeout_s: float | None = None) -> None:
         super().__init__()
         self.job = job
         self.report = report
+        self.timeout_s = timeout_s
         self._hook: Any = None
         self._start_time = 0.0
         self._start_timesteps = 0
+        self._deadline = float("inf")
 
     def _init_callback(self) -> None:
         self._start_time = time.monotonic()
         self._start_timesteps = self.model.num_timesteps
+        if self.timeout_s is not None:
+            self._deadline = self._start_time + self.timeout_s
         # Callbacks only run during rollouts; this hook also stops a long update between two gradient steps.
         self._hook = self.model.policy.optimizer.register_step_pre_hook(self._stop_between_gradient_steps)
 
+    def _check_deadline(self) -> None:
+        if time.monotonic() > self._deadline and not self.job.stop_requested.is_set():
+            self.job.timed_out = True
+            self.job.stop_requested.set()
+
     def _stop_between_gradient_steps(self, *_: Any) -> None:
+        self._check_deadline()
         if self.job.stop_requested.is_set():
             raise StopTraining
 
@@ -242,6 +259,7 @@ class JobCallback(BaseCallback):
 
     def _on_step(self) -> bool:
         self.job.timesteps = self.num_timesteps
+        self._check_deadline()
         return not self.job.stop_requested.is_set()
 
     def _on_rollout_start(self) -> None:
@@ -321,6 +339,11 @@ class JobRunner:
             self._check_model_name_free(model_name, config.overwrite)
             # 0: a training slot is free; n: n-th in the queue for one.
             position = max(0, len(self._active) - self.settings.max_concurrent_jobs + 1)
+            if position > self.settings.max_queued_jobs:
+                raise TooManyJobs(
+                    f"All {self.settings.max_concurrent_jobs} training slots are busy and "
+                    f"{self.settings.max_queued_jobs} job(s) are queued, this server's limit; try again later"
+                )
             self.db.add_job(record)
             self._active[job_id] = job
         logger.info(
@@ -448,7 +471,7 @@ class JobRunner:
         try:
             model = build_model(config, self.settings.device, tensorboard_log=self.settings.jobs_dir / job_id)
             job.started_at = time.monotonic()
-            callback = JobCallback(job, self._report_progress)
+            callback = JobCallback(job, self._report_progress, self.settings.job_timeout_s)
             try:
                 model.learn(config.total_timesteps, callback=callback)
             except StopTraining:
@@ -474,6 +497,7 @@ class JobRunner:
             return
         stopped = job.stop_requested.is_set() and model.num_timesteps < job.config.total_timesteps
         saved = model.num_timesteps > 0
+        kept = f"the model trained so far is saved as {job.config.model_name!r}" if saved else "no model was saved"
         if saved:
             self.store.save(
                 model,
@@ -488,10 +512,15 @@ class JobRunner:
                     timesteps=model.num_timesteps,
                 ),
             )
-        if stopped:
+        if stopped and job.timed_out:
+            error = (
+                f"Timed out: the job trained for longer than this server's job_timeout_s of "
+                f"{self.settings.job_timeout_s:g} s; stopped at {model.num_timesteps} timesteps, {kept}"
+            )
+            self._finish(job, JobState.FAILED, error_message=error, model_saved=saved)
+        elif stopped:
             message = (
-                f"Stopped at {model.num_timesteps} timesteps; the model trained so far is saved as "
-                f"{job.config.model_name!r}"
+                f"Stopped at {model.num_timesteps} timesteps; {kept}"
                 if saved
                 else "Stopped before any training step; no model was saved"
             )

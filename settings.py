@@ -29,7 +29,21 @@ class Settings(BaseSettings):
     max_concurrent_jobs: int = Field(
         default_factory=lambda: os.cpu_count() or 1, ge=1, description="Training jobs run at once"
     )
+    max_queued_jobs: int = Field(
+        16, ge=0, description="Jobs that may wait for a training slot; past it, POST /train answers 429"
+    )
     max_total_timesteps: int = Field(10_000_000, ge=1, description="Largest total_timesteps one job may ask for")
+    job_timeout_s: float | None = Field(
+        24 * 3600.0,
+        gt=0,
+        description="Wall-clock seconds a job may train before it fails; its model so far is kept (None: no limit)",
+    )
+    max_inference_batch: int = Field(1024, ge=1, description="Most observations one /inference request may carry")
+    max_request_bytes: int = Field(8 * 2**20, ge=1024, description="Largest request body, in bytes (413 beyond)")
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description='Origins whose web pages may call the API, e.g. ["https://example.org"] (default: none)',
+    )
     cache_max_models: int = Field(16, ge=1, description="Models kept loaded for inference")
     cache_max_bytes: int = Field(512 * 2**20, ge=1, description="Memory the loaded models may take, in bytes")
     device: str = Field("auto", description="torch device for training and inference ('auto': CUDA if present)")

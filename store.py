@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch as th
@@ -38,6 +38,9 @@ _MAX_DESCRIBED_BOUNDS = 64
 
 class ServiceError(Exception):
     """A request the service understood but cannot carry out; the API maps each subclass to an HTTP code."""
+
+    # HTTP headers that go with the answer (e.g. Retry-After)
+    headers: ClassVar[dict[str, str]] = {}
 
     def __init__(self, detail: str) -> None:
         super().__init__(detail)

@@ -913,3 +913,85 @@ def test_api_key_from_the_environment_and_the_command_line(monkeypatch: pytest.M
     monkeypatch.setattr(run_api, "create_app", lambda settings: captured.setdefault("settings", settings))
     run_api.main(["--api-key", "from-flag"])
     assert captured["settings"].api_key.get_secret_value() == "from-flag"
+
+
+# limits
+
+
+def test_a_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, max_concurrent_jobs=1, max_queued_jobs=1))) as client:
+        running = train(client, model_name="l1", total_timesteps=100_000)
+        queued = train(client, model_name="l2", total_timesteps=100_000)
+        refused = client.post("/train", json={**TINY, "model_name": "l3"})
+        assert refused.status_code == 429 and refused.headers["Retry-After"].isdigit()
+        assert "1 training slots are busy and 1 job(s) are queued" in refused.json()["detail"]
+        # The refused request left no trace; a freed place in the queue takes the next job.
+        assert len(client.get("/training/jobs").json()["jobs"]) == 2
+        client.post(f"/training/{queued}/stop")
+        assert client.post("/train", json={**TINY, "model_name": "l3", "total_timesteps": 64}).status_code == 200
+        client.post(f"/training/{running}/stop")
+
+
+def test_inference_batches_are_bounded(tmp_path: Path, service: TestClient) -> None:
+    # The shared service keeps the default limit; a batch beyond a small limit is refused before any model work.
+    with TestClient(create_app(make_settings(tmp_path, max_inference_batch=3))) as client:
+        response = client.post("/inference", json={"model_name": "cartpole", "observations": [CARTPOLE_OBS] * 4})
+        assert response.status_code == 413
+        assert response.json()["detail"] == "4 observations in one request; this server takes at most 3 " \
+            "(send several requests)"
+    assert service.post("/inference", json={"model_name": "cartpole", "observations": [CARTPOLE_OBS] * 3}).json()
+
+
+def test_request_bodies_are_bounded(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, max_request_bytes=2048))) as client:
+        big = json.dumps({"model_name": "x", "observations": [CARTPOLE_OBS] * 200}).encode()
+        for path in ["/inference", "/train", "/models/x/evaluate"]:
+            response = client.post(path, content=big, headers={"Content-Type": "application/json"})
+            assert response.status_code == 413 and "limit of 2048 bytes" in response.json()["detail"], path
+
+        def chunks() -> Any:  # no Content-Length: the server counts what arrives
+            for _ in range(10):
+                yield big[:1000]
+
+        response = client.post("/inference", content=chunks(), headers={"Content-Type": "application/json"})
+        assert response.status_code == 413 and "limit of 2048 bytes" in response.json()["detail"]
+        small = client.post("/inference", json={"model_name": "x", "observation": CARTPOLE_OBS})
+        assert small.status_code == 404
+
+
+def test_a_job_past_its_wall_clock_timeout_fails_and_keeps_its_model(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, job_timeout_s=0.5))) as client:
+        job_id = train(client, model_name="slow", total_timesteps=200_000)
+        status = wait_for_job(client, job_id, timeout=30)
+        assert status["status"] == "failed" and status["model_saved"] is True
+        assert status["error_message"].startswith("Timed out: the job trained for longer than this server's ")
+        assert "job_timeout_s of 0.5 s" in status["error_message"]
+        assert 0 < status["current_timesteps"] < 200_000
+        assert client.post("/inference", json={"model_name": "slow", "observation": CARTPOLE_OBS}).status_code == 200
+
+
+def test_cors_is_off_unless_origins_are_set(tmp_path: Path) -> None:
+    preflight = {"Origin": "https://example.org", "Access-Control-Request-Method": "POST"}
+    with TestClient(create_app(make_settings(tmp_path / "closed"))) as client:
+        assert "access-control-allow-origin" not in client.get("/health", headers=preflight).headers
+        assert client.options("/train", headers=preflight).status_code == 405
+    allowed = make_settings(tmp_path / "open", cors_origins=["https://example.org"])
+    with TestClient(create_app(allowed)) as client:
+        response = client.options(
+            "/train", headers={**preflight, "Access-Control-Request-Headers": "X-API-Key, Content-Type"}
+        )
+        assert response.status_code == 200
+        assert response.headers["access-control-allow-origin"] == "https://example.org"
+        other = client.get("/health", headers={"Origin": "https://evil.example"})
+        assert "access-control-allow-origin" not in other.headers
+
+
+def test_limit_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPO_MAX_QUEUED_JOBS", "0")
+    monkeypatch.setenv("GRPO_JOB_TIMEOUT_S", "60")
+    monkeypatch.setenv("GRPO_MAX_INFERENCE_BATCH", "8")
+    monkeypatch.setenv("GRPO_MAX_REQUEST_BYTES", "4096")
+    monkeypatch.setenv("GRPO_CORS_ORIGINS", '["https://a.example"]')
+    settings = Settings()
+    assert (settings.max_queued_jobs, settings.job_timeout_s, settings.max_inference_batch) == (0, 60, 8)
+    assert settings.max_request_bytes == 4096 and settings.cors_origins == ["https://a.example"]
