@@ -59,6 +59,7 @@ from schemas import (
     ModelInfo,
     ModelList,
     ModelSummary,
+    ReadinessResponse,
     RewardFunctionInfo,
     RewardFunctionList,
     RootResponse,
@@ -264,6 +265,7 @@ async def root() -> RootResponse:
             "train": "POST /train",
             "inference": "POST /inference",
             "health": "GET /health",
+            "ready": "GET /ready",
             "models": "GET /models",
             "jobs": "GET /training/jobs",
             "job_status": "GET /training/{job_id}/status",
@@ -287,16 +289,41 @@ async def dashboard() -> FileResponse:
     return FileResponse(STATIC_DIR / "dashboard.html")
 
 
+def _checks(store: ModelStore) -> dict[str, Any]:
+    database, model_store = store.db.check(), store.check()
+    return {
+        "database": "failing" if database else "ok",
+        "model_store": "failing" if model_store else "ok",
+        "problems": [problem for problem in (database, model_store) if problem],
+    }
+
+
 @public_router.get("/health", response_model=HealthResponse)
-async def health(runner: RunnerDep, store: StoreDep) -> HealthResponse:
+def health(runner: RunnerDep, store: StoreDep) -> HealthResponse:
+    """Liveness and the state of the database and the model store; always 200 while the server answers."""
     running, queued = runner.counts()
+    checks = _checks(store)
     return HealthResponse(
-        status="healthy",
+        status="unhealthy" if checks["problems"] else "healthy",
         timestamp=utcnow(),
         active_jobs=running,
         queued_jobs=queued,
         loaded_models=len(store.cache),
+        **checks,
     )
+
+
+@public_router.get(
+    "/ready",
+    response_model=ReadinessResponse,
+    responses={503: {"model": ReadinessResponse, "description": "The database or the model store is failing"}},
+)
+def ready(store: StoreDep, response: Response) -> ReadinessResponse:
+    """Readiness for a load balancer or an orchestrator: 503 while the database or the models folder is unusable."""
+    checks = _checks(store)
+    if checks["problems"]:
+        response.status_code = 503
+    return ReadinessResponse(ready=not checks["problems"], **checks)
 
 
 # training

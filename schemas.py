@@ -65,12 +65,27 @@ class RootResponse(BaseModel):
     endpoints: dict[str, str]
 
 
+CheckResult = Literal["ok", "failing"]
+
+
 class HealthResponse(BaseModel):
-    status: str = Field(examples=["healthy"])
+    status: Literal["healthy", "unhealthy"] = Field(description="'healthy' when every check is 'ok'")
     timestamp: datetime
     active_jobs: int = Field(description="Jobs training right now")
     queued_jobs: int = Field(description="Jobs waiting for a free training slot")
     loaded_models: int
+    database: CheckResult = Field(description="Whether the SQLite database answers a query")
+    model_store: CheckResult = Field(description="Whether the models folder can be listed and written to")
+    problems: list[str] = Field(default_factory=list, description="What the failing checks found")
+
+
+class ReadinessResponse(BaseModel):
+    """GET /ready: 200 when the service can take requests, 503 (same body) while a check fails."""
+
+    ready: bool
+    database: CheckResult
+    model_store: CheckResult
+    problems: list[str] = Field(default_factory=list)
 
 
 # training

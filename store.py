@@ -272,6 +272,14 @@ class Database:
         with self._lock:
             self._conn.close()
 
+    def check(self) -> str | None:
+        """None when the database answers a query; otherwise what is wrong."""
+        try:
+            self._read("SELECT count(*) FROM jobs")
+        except sqlite3.Error as error:
+            return f"database: {error}"
+        return None
+
     def _write(self, sql: str, params: tuple[Any, ...] = ()) -> int:
         with self._lock, self._conn:
             return self._conn.execute(sql, params).rowcount
@@ -420,6 +428,19 @@ class ModelStore:
 
     def path_for(self, name: str) -> Path:
         return self.models_dir / f"{check_model_name(name)}{MODEL_SUFFIX}"
+
+    def check(self) -> str | None:
+        """None when the models folder can be listed and written to; otherwise what is wrong."""
+        try:
+            if not self.models_dir.is_dir():
+                return f"model store: {self.models_dir} is not a folder"
+            if not os.access(self.models_dir, os.R_OK | os.W_OK | os.X_OK):
+                return f"model store: {self.models_dir} is not readable and writable"
+            with os.scandir(self.models_dir) as entries:
+                next(entries, None)
+        except OSError as error:
+            return f"model store: {error}"
+        return None
 
     def exists(self, name: str) -> bool:
         return self.path_for(name).is_file()

@@ -995,3 +995,38 @@ def test_limit_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     settings = Settings()
     assert (settings.max_queued_jobs, settings.job_timeout_s, settings.max_inference_batch) == (0, 60, 8)
     assert settings.max_request_bytes == 4096 and settings.cors_origins == ["https://a.example"]
+
+
+# health and readiness
+
+
+def test_health_and_readiness_follow_the_store(client: TestClient, settings: Settings) -> None:
+    health = client.get("/health").json()
+    assert health["status"] == "healthy" and health["database"] == "ok" and health["model_store"] == "ok"
+    assert client.get("/ready").json() == {"ready": True, "database": "ok", "model_store": "ok", "problems": []}
+
+    moved = settings.models_dir.with_name("moved-away")
+    settings.models_dir.rename(moved)  # root reads any folder, so make it vanish rather than chmod it
+    try:
+        response = client.get("/ready")
+        assert response.status_code == 503
+        body = response.json()
+        assert body["ready"] is False and body["model_store"] == "failing" and body["database"] == "ok"
+        assert "is not a folder" in body["problems"][0]
+        health = client.get("/health")
+        assert health.status_code == 200 and health.json()["status"] == "unhealthy"
+    finally:
+        moved.rename(settings.models_dir)
+    assert client.get("/ready").status_code == 200
+
+
+def test_readiness_fails_while_the_database_does(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = client.app.state.store
+
+    def broken(*_: Any) -> Any:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store.db, "_read", broken)
+    response = client.get("/ready")
+    assert response.status_code == 503
+    assert response.json()["database"] == "failing" and response.json()["problems"] == ["database: disk I/O error"]
