@@ -35,6 +35,7 @@ from jobs import (
     InvalidTrainingRequest,
     JobNotActive,
     JobNotFound,
+    JobNotResumable,
     JobRunner,
     TooManyJobs,
     UnknownEnvironment,
@@ -60,6 +61,7 @@ from schemas import (
     ModelList,
     ModelSummary,
     ReadinessResponse,
+    ResumeResponse,
     RewardFunctionInfo,
     RewardFunctionList,
     RootResponse,
@@ -124,6 +126,7 @@ ERROR_STATUS: dict[type[ServiceError], int] = {
     ModelExists: 409,
     ModelBusy: 409,
     JobNotActive: 409,
+    JobNotResumable: 409,
     InvalidName: 400,
     InvalidTrainingRequest: 400,
     UnknownEnvironment: 400,
@@ -270,6 +273,7 @@ async def root() -> RootResponse:
             "jobs": "GET /training/jobs",
             "job_status": "GET /training/{job_id}/status",
             "stop": "POST /training/{job_id}/stop",
+            "resume": "POST /training/{job_id}/resume",
             "job_metrics": "GET /training/{job_id}/metrics",
             "job_events": "GET /training/{job_id}/events",
             "model": "GET /models/{model_name}",
@@ -359,6 +363,7 @@ def _job_status(record: JobRecord) -> JobStatus:
         error_message=record.error_message,
         message=record.message,
         model_saved=record.model_saved,
+        checkpoint_timesteps=record.checkpoint_timesteps,
         metrics=record.metrics,
         config=record.config,
     )
@@ -456,6 +461,24 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
         current_timesteps=record.current_timesteps,
         model_saved=record.model_saved,
         model_name=record.model_name,
+    )
+
+
+@training_router.post(
+    "/training/{job_id}/resume", response_model=ResumeResponse, responses=errors(404, 409, 429)
+)
+def resume_job(job_id: str, runner: RunnerDep) -> ResumeResponse:
+    """Go on training an interrupted, stopped or failed job, under the same id, from its last checkpoint to its
+    total_timesteps with the same settings; the model is saved under the job's model_name as before."""
+    record, position = runner.resume(job_id)
+    where = f"the checkpoint at {record.current_timesteps} timesteps" if record.current_timesteps else "the start"
+    message = f"Training resumed from {where}" + (f"; queued (position {position})" if position else "")
+    return ResumeResponse(
+        job_id=record.job_id,
+        message=message,
+        status=record.status,
+        current_timesteps=record.current_timesteps,
+        total_timesteps=record.total_timesteps,
     )
 
 

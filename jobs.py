@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Protocol
 
 import gymnasium as gym
 from gymnasium import spaces
+from pydantic import ValidationError
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 
@@ -40,6 +41,8 @@ from store import (
     ModelStore,
     ServiceError,
     finite_metrics,
+    remove_temporary_files,
+    save_atomically,
     utcnow,
 )
 
@@ -47,6 +50,9 @@ logger = logging.getLogger("grpo.jobs")
 
 # Progress reaches the database at most this often; status requests read the live values in between.
 PROGRESS_WRITE_INTERVAL_S = 1.0
+CHECKPOINT_FILE = "checkpoint.zip"
+# A job in one of these states can go on from its checkpoint (or from the start, when it has none).
+RESUMABLE_STATES = (JobState.INTERRUPTED, JobState.STOPPED, JobState.FAILED)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
@@ -64,6 +70,10 @@ class JobNotFound(ServiceError):
 
 
 class JobNotActive(ServiceError):
+    pass
+
+
+class JobNotResumable(ServiceError):
     pass
 
 
@@ -149,9 +159,22 @@ def build_model(config: TrainingConfig, device: str, tensorboard_log: Path | Non
     )
 
 
+def load_checkpoint(config: TrainingConfig, path: Path, device: str, tensorboard_log: Path | None = None) -> GRPO:
+    """A job's model as its checkpoint left it, on freshly made environments, ready to train on."""
+    env = make_vec_env(config.env_name, n_envs=config.n_envs, seed=config.seed)
+    return GRPO.load(
+        path,
+        env=env,
+        device=device,
+        # Functions from the registry, not whatever the zip pickled: the same code the job started with.
+        reward_function=REWARD_FUNCTIONS[config.reward_function_type],
+        tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
+    )
+
+
 def hyperparameters(config: TrainingConfig, model: GRPO) -> dict[str, Any]:
     """The job's settings, with the GRPO defaults it left open read back from the trained model."""
-    values = config.model_dump(exclude={"model_name", "overwrite"})
+    values = config.model_dump(exclude={"model_name", "overwrite", "checkpoint_interval"})
     for name in GRPO_ARGUMENTS:
         actual = getattr(model, name, None)
         if values[name] is None and isinstance(actual, (bool, int, float, str)):
@@ -216,6 +239,7 @@ class ActiveJob:
     metrics: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0  # time.monotonic() when training began
     timed_out: bool = False  # stopped because it ran past the server's job_timeout_s
+    resume_from: Path | None = None  # the checkpoint a resumed job goes on from
     # Every point of this run, in memory for cheap reads while it runs; the first ``saved_points`` are in the database.
     history: list[MetricPoint] = field(default_factory=list)
     saved_points: int = 0
@@ -224,11 +248,21 @@ class ActiveJob:
 class JobCallback(BaseCallback):
     """Reports a job's progress and metrics, and stops its training when asked or when it runs out of time."""
 
-    def __init__(self, job: ActiveJob, report: Callable[[ActiveJob], None], timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        job: ActiveJob,
+        report: Callable[[ActiveJob], None],
+        timeout_s: float | None = None,
+        checkpoint: Callable[[ActiveJob, GRPO], None] | None = None,
+        checkpoint_interval: int = 0,
+    ) -> None:
         super().__init__()
         self.job = job
         self.report = report
         self.timeout_s = timeout_s
+        self.checkpoint = checkpoint
+        self.checkpoint_interval = checkpoint_interval
+        self._last_checkpoint = 0
         self._hook: Any = None
         self._start_time = 0.0
         self._start_timesteps = 0
@@ -236,7 +270,7 @@ class JobCallback(BaseCallback):
 
     def _init_callback(self) -> None:
         self._start_time = time.monotonic()
-        self._start_timesteps = self.model.num_timesteps
+        self._start_timesteps = self._last_checkpoint = self.model.num_timesteps
         if self.timeout_s is not None:
             self._deadline = self._start_time + self.timeout_s
         # Callbacks only run during rollouts; this hook also stops a long update between two gradient steps.
@@ -266,6 +300,11 @@ class JobCallback(BaseCallback):
         # train() runs after the previous rollout's callbacks, so its train/* values are readable only now.
         self._read_metrics()
         self.report(self.job)
+        # Between an update and the next rollout the model is whole: the time to checkpoint it.
+        interval = self.checkpoint_interval
+        if self.checkpoint and interval and self.model.num_timesteps - self._last_checkpoint >= interval:
+            self.checkpoint(self.job, self.model)
+            self._last_checkpoint = self.model.num_timesteps
 
     def _on_rollout_end(self) -> None:
         self._read_metrics()
@@ -302,10 +341,14 @@ class JobRunner:
 
     def recover(self) -> None:
         """Mark what a previous run of the server left unfinished."""
-        count = self.db.interrupt_unfinished("The server went down while the job was queued or running")
+        count = self.db.interrupt_unfinished(
+            "The server went down while the job was queued or running; resume goes on from its last checkpoint"
+        )
         if count:
             logger.info("%d job(s) left unfinished by the previous run marked interrupted", count)
         self.store.remove_temporary_files()
+        for folder in self.settings.jobs_dir.glob("*/"):
+            remove_temporary_files(folder)
 
     # requests
 
@@ -320,9 +363,10 @@ class JobRunner:
         job_id = str(uuid.uuid4())
         model_name = request.model_name or _generated_model_name(request.env_name, job_id)
         config = TrainingConfig(
-            **request.model_dump(exclude={"reward_function_type", "model_name"}),
+            **request.model_dump(exclude={"reward_function_type", "model_name", "checkpoint_interval"}),
             reward_function_type=reward_function,
             model_name=model_name,
+            checkpoint_interval=request.checkpoint_interval or self.settings.checkpoint_interval,
         )
         record = JobRecord(
             job_id=job_id,
@@ -337,13 +381,7 @@ class JobRunner:
         with self._lock:
             # Under the lock, so two requests for one name cannot both pass the check.
             self._check_model_name_free(model_name, config.overwrite)
-            # 0: a training slot is free; n: n-th in the queue for one.
-            position = max(0, len(self._active) - self.settings.max_concurrent_jobs + 1)
-            if position > self.settings.max_queued_jobs:
-                raise TooManyJobs(
-                    f"All {self.settings.max_concurrent_jobs} training slots are busy and "
-                    f"{self.settings.max_queued_jobs} job(s) are queued, this server's limit; try again later"
-                )
+            position = self._queue_position()
             self.db.add_job(record)
             self._active[job_id] = job
         logger.info(
@@ -355,6 +393,85 @@ class JobRunner:
         )
         self.executor.submit(lambda: self._run(job))
         return self.get(job_id), config, position
+
+    def _queue_position(self) -> int:
+        """Where a job submitted now would wait (0: a training slot is free); 429 when the queue is full."""
+        position = max(0, len(self._active) - self.settings.max_concurrent_jobs + 1)
+        if position > self.settings.max_queued_jobs:
+            raise TooManyJobs(
+                f"All {self.settings.max_concurrent_jobs} training slots are busy and "
+                f"{self.settings.max_queued_jobs} job(s) are queued, this server's limit; try again later"
+            )
+        return position
+
+    def resume(self, job_id: str) -> tuple[JobRecord, int]:
+        """Queue an interrupted, stopped or failed job again, under its own id, from its last checkpoint (from the
+        start when it has none) to its total_timesteps; returns its record and its place in the queue."""
+        with self._lock:
+            record = self.get(job_id)
+            if job_id in self._active or record.status not in RESUMABLE_STATES:
+                raise JobNotResumable(
+                    f"Training job {job_id} is {record.status.value}; only interrupted, stopped and failed jobs resume"
+                )
+            config = self._recorded_config(record)
+            if any(job.record.model_name == config.model_name for job in self._active.values()):
+                raise ModelBusy(f"A queued or running job is already training model {config.model_name!r}")
+            position = self._queue_position()
+            checkpoint = self._checkpoint_path(job_id)
+            timesteps = (record.checkpoint_timesteps or 0) if checkpoint.is_file() else 0
+            # The points past the checkpoint belong to training the resume redoes.
+            self.db.delete_metrics_after(job_id, timesteps)
+            self.db.update_job(
+                job_id,
+                status=JobState.QUEUED,
+                current_timesteps=timesteps,
+                end_time=None,
+                error_message=None,
+                message=f"Resumed from {timesteps} timesteps" if timesteps else "Resumed from the start",
+            )
+            record = self.db.get_job(job_id) or record
+            history = self.db.list_metrics(job_id)
+            job = ActiveJob(
+                record=record,
+                config=config,
+                timesteps=timesteps,
+                metrics=record.metrics,
+                resume_from=checkpoint if timesteps else None,
+                history=history,
+                saved_points=len(history),
+            )
+            self._active[job_id] = job
+        logger.info("job %s resumed from %d timesteps", job_id, timesteps)
+        self.executor.submit(lambda: self._run(job))
+        return self.get(job_id), position
+
+    def _recorded_config(self, record: JobRecord) -> TrainingConfig:
+        values = dict(record.config)
+        if values.get("checkpoint_interval") is None:  # recorded before checkpoints
+            values["checkpoint_interval"] = self.settings.checkpoint_interval
+        try:
+            return TrainingConfig(**values)
+        except ValidationError as error:
+            raise JobNotResumable(
+                f"Training job {record.job_id}'s recorded settings are no longer valid: {error.errors()[0]['msg']}"
+            ) from None
+
+    def _checkpoint_path(self, job_id: str) -> Path:
+        return self.settings.jobs_dir / job_id / CHECKPOINT_FILE
+
+    def _checkpoint(self, job: ActiveJob, model: GRPO) -> None:
+        """Save the job's model where a resume finds it; the record names it only once it is whole on disk."""
+        path = self._checkpoint_path(job.record.job_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_atomically(model, path)
+        self._record_point(job)
+        self._save_points(job)
+        self.db.update_job(
+            job.record.job_id,
+            checkpoint_timesteps=model.num_timesteps,
+            current_timesteps=model.num_timesteps,
+            metrics=job.metrics,
+        )
 
     def _check_model_name_free(self, name: str, overwrite: bool) -> None:
         if any(job.record.model_name == name for job in self._active.values()):
@@ -468,12 +585,24 @@ class JobRunner:
         job_id, config = job.record.job_id, job.config
         self._transition(job_id, JobState.RUNNING, start_time=utcnow())
         model = None
+        logs = self.settings.jobs_dir / job_id
         try:
-            model = build_model(config, self.settings.device, tensorboard_log=self.settings.jobs_dir / job_id)
-            job.started_at = time.monotonic()
-            callback = JobCallback(job, self._report_progress, self.settings.job_timeout_s)
+            if job.resume_from is not None:
+                model = load_checkpoint(config, job.resume_from, self.settings.device, tensorboard_log=logs)
+            else:
+                model = build_model(config, self.settings.device, tensorboard_log=logs)
+            # A resumed job's learning curves go on from the wall time of its last point.
+            job.started_at = time.monotonic() - (job.history[-1].wall_time_s if job.history else 0.0)
+            callback = JobCallback(
+                job, self._report_progress, self.settings.job_timeout_s, self._checkpoint, config.checkpoint_interval
+            )
             try:
-                model.learn(config.total_timesteps, callback=callback)
+                # A resumed model keeps its timestep count: learn the rest, in the same TensorBoard run.
+                model.learn(
+                    config.total_timesteps - model.num_timesteps,
+                    callback=callback,
+                    reset_num_timesteps=job.resume_from is None,
+                )
             except StopTraining:
                 pass  # asked for between two gradient steps; the model is whole and handled below
             finally:
@@ -492,10 +621,16 @@ class JobRunner:
             job.finished.set()
 
     def _conclude(self, job: ActiveJob, model: GRPO) -> None:
-        if job.shutting_down:
-            self._finish(job, JobState.INTERRUPTED, message="The server shut down while the job ran")
-            return
         stopped = job.stop_requested.is_set() and model.num_timesteps < job.config.total_timesteps
+        if stopped and model.num_timesteps > 0:
+            self._checkpoint(job, model)  # a resume then loses nothing
+        if job.shutting_down and stopped:
+            self._finish(
+                job,
+                JobState.INTERRUPTED,
+                message=f"The server shut down while the job ran; resume goes on from {model.num_timesteps} timesteps",
+            )
+            return
         saved = model.num_timesteps > 0
         kept = f"the model trained so far is saved as {job.config.model_name!r}" if saved else "no model was saved"
         if saved:
@@ -527,6 +662,8 @@ class JobRunner:
             self._finish(job, JobState.STOPPED, message=message, model_saved=saved)
         else:
             self._finish(job, JobState.COMPLETED, model_saved=saved)
+            # Done: the model is saved in full, and the checkpoint has no more use.
+            self._checkpoint_path(job.record.job_id).unlink(missing_ok=True)
 
     def _report_progress(self, job: ActiveJob) -> None:
         self._record_point(job)

@@ -128,6 +128,12 @@ class TrainRequest(StrictModel):
         None, max_length=8, description="Hidden layer sizes of the policy (default: SB3's [64, 64])"
     )
     overwrite: bool = Field(False, description="Replace an existing model of the same name")
+    checkpoint_interval: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="Timesteps between the job's checkpoints, which a resume continues from (default: the server's)",
+    )
 
 
 class TrainingConfig(TrainRequest):
@@ -135,6 +141,8 @@ class TrainingConfig(TrainRequest):
 
     reward_function_type: str
     model_name: ModelName
+    # A record from before checkpoints has none: such a job checkpoints only when it stops.
+    checkpoint_interval: int = Field(0, ge=0, description="Timesteps between checkpoints (0: only when it stops)")
 
 
 class TrainResponse(BaseModel):
@@ -164,6 +172,9 @@ class JobStatus(JobSummary):
     error_message: str | None = Field(description="Why a failed job failed")
     message: str | None = Field(None, description="What happened, for stopped and interrupted jobs")
     model_saved: bool = Field(description="Whether the job's model is saved under model_name")
+    checkpoint_timesteps: int | None = Field(
+        None, description="Timesteps of the job's last checkpoint, which POST /training/{job_id}/resume continues from"
+    )
     metrics: dict[str, float] = Field(
         description="Latest values of SB3's logger keys: rollout/ep_rew_mean (the environment's own return), "
         "train/policy_loss, train/entropy_loss, train/approx_kl, train/clip_fraction, time/fps, ..."
@@ -210,6 +221,14 @@ class StopResponse(BaseModel):
     current_timesteps: int
     model_saved: bool = Field(description="Whether the model trained so far was saved under model_name")
     model_name: str
+
+
+class ResumeResponse(BaseModel):
+    job_id: str = Field(description="The same job: it goes on under its own id")
+    message: str = Field(examples=["Training resumed from the checkpoint at 20000 timesteps"])
+    status: JobState
+    current_timesteps: int = Field(description="Where training goes on from")
+    total_timesteps: int
 
 
 # inference

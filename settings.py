@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Wall-clock seconds a job may train before it fails; its model so far is kept (None: no limit)",
     )
+    checkpoint_interval: int = Field(
+        10_000,
+        ge=0,
+        description="Timesteps between a running job's checkpoints (<jobs_dir>/<job_id>/checkpoint.zip), which "
+        "POST /training/{job_id}/resume continues from; a request may ask for its own (0: only when a job stops)",
+    )
     max_inference_batch: int = Field(1024, ge=1, description="Most observations one /inference request may carry")
     max_request_bytes: int = Field(8 * 2**20, ge=1024, description="Largest request body, in bytes (413 beyond)")
     cors_origins: list[str] = Field(

@@ -32,6 +32,7 @@ logger = logging.getLogger("grpo.store")
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 MODEL_SUFFIX = ".zip"
+TEMPORARY_SUFFIX = f".tmp{MODEL_SUFFIX}"
 # Spaces with more bounds than this are described by shape only: the bounds would swamp the metadata.
 _MAX_DESCRIBED_BOUNDS = 64
 
@@ -127,6 +128,7 @@ class JobRecord:
     error_message: str | None = None
     message: str | None = None
     model_saved: bool = False
+    checkpoint_timesteps: int | None = None
 
     @property
     def progress(self) -> float:
@@ -197,7 +199,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     end_time TEXT,
     error_message TEXT,
     message TEXT,
-    model_saved INTEGER NOT NULL DEFAULT 0
+    model_saved INTEGER NOT NULL DEFAULT 0,
+    checkpoint_timesteps INTEGER
 );
 CREATE TABLE IF NOT EXISTS models (
     name TEXT PRIMARY KEY,
@@ -265,8 +268,14 @@ class Database:
         self._conn.row_factory = sqlite3.Row
         self._lock = threading.Lock()
         with self._lock, self._conn:
+            # WAL: readers never wait for the writer, and a crash mid-write leaves the last committed state.
             self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a commit is on disk before the call returns, so whatever an answer reports survives a crash.
+            self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.executescript(_SCHEMA)
+            columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
+            if "checkpoint_timesteps" not in columns:  # a database made before checkpoints
+                self._conn.execute("ALTER TABLE jobs ADD COLUMN checkpoint_timesteps INTEGER")
 
     def close(self) -> None:
         with self._lock:
@@ -313,9 +322,11 @@ class Database:
         return [_job(row) for row in self._read("SELECT * FROM jobs ORDER BY rowid")]
 
     def interrupt_unfinished(self, message: str) -> int:
-        """Mark the jobs a previous run left queued or running as interrupted; returns how many."""
+        """Mark the jobs a previous run left queued or running as interrupted, back at their last checkpoint (what
+        a resume continues from); returns how many."""
         return self._write(
-            "UPDATE jobs SET status = ?, end_time = ?, message = ? WHERE status IN (?, ?)",
+            "UPDATE jobs SET status = ?, end_time = ?, message = ?, "
+            "current_timesteps = COALESCE(checkpoint_timesteps, 0) WHERE status IN (?, ?)",
             (JobState.INTERRUPTED.value, utcnow().isoformat(), message, JobState.QUEUED.value, JobState.RUNNING.value),
         )
 
@@ -330,6 +341,10 @@ class Database:
         marks = ", ".join("?" for _ in rows[0])
         with self._lock, self._conn:
             self._conn.executemany(f"INSERT OR REPLACE INTO metrics ({columns}) VALUES ({marks})", rows)
+
+    def delete_metrics_after(self, job_id: str, timesteps: int) -> None:
+        """Forget a job's points past ``timesteps``: the training after its checkpoint, which a resume redoes."""
+        self._write("DELETE FROM metrics WHERE job_id = ? AND timesteps > ?", (job_id, timesteps))
 
     def list_metrics(self, job_id: str, since: int = -1) -> list[MetricPoint]:
         """A job's points after timestep ``since``, oldest first."""
@@ -458,21 +473,12 @@ class ModelStore:
 
     def remove_temporary_files(self) -> None:
         """Drop what a save cut short by a crash left behind."""
-        for path in self.models_dir.glob(f".*.tmp{MODEL_SUFFIX}"):
-            path.unlink(missing_ok=True)
+        remove_temporary_files(self.models_dir)
 
     def save(self, model: GRPO, record: ModelRecord) -> ModelRecord:
         """Write ``model`` under ``record.name`` atomically, then record its metadata."""
         final = self.path_for(record.name)
-        temporary = self.models_dir / f".{record.name}.{uuid.uuid4().hex}.tmp{MODEL_SUFFIX}"
-        try:
-            model.save(temporary)
-            with open(temporary, "rb") as written:
-                os.fsync(written.fileno())
-            os.replace(temporary, final)
-        finally:
-            temporary.unlink(missing_ok=True)
-        _fsync_directory(self.models_dir)
+        save_atomically(model, final)
         record.size_bytes = final.stat().st_size
         record.observation_space = describe_space(model.observation_space)
         record.action_space = describe_space(model.action_space)
@@ -542,6 +548,26 @@ class ModelStore:
         path.unlink(missing_ok=True)
         self.db.delete_model(name)
         logger.info("model %s deleted", name)
+
+
+def save_atomically(model: GRPO, final: Path) -> None:
+    """Write ``model`` to ``final`` so that a crash leaves either the old file or the new one, never half of one:
+    into a hidden temporary file beside it, flushed to disk, then renamed over it."""
+    temporary = final.with_name(f".{final.stem}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
+    try:
+        model.save(temporary)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(temporary, final)
+    finally:
+        temporary.unlink(missing_ok=True)
+    _fsync_directory(final.parent)
+
+
+def remove_temporary_files(directory: Path) -> None:
+    """Drop the temporary files of saves that a crash cut short in ``directory``."""
+    for path in directory.glob(f".*{TEMPORARY_SUFFIX}"):
+        path.unlink(missing_ok=True)
 
 
 def _fsync_directory(directory: Path) -> None:

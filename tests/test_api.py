@@ -1030,3 +1030,110 @@ def test_readiness_fails_while_the_database_does(client: TestClient, monkeypatch
     response = client.get("/ready")
     assert response.status_code == 503
     assert response.json()["database"] == "failing" and response.json()["problems"] == ["database: disk I/O error"]
+
+
+# checkpoints and resume
+
+
+def _points(client: TestClient, job_id: str) -> list[int]:
+    return [point["timesteps"] for point in client.get(f"/training/{job_id}/metrics").json()["points"]]
+
+
+def test_jobs_checkpoint_and_a_stopped_job_resumes_to_its_total(client: TestClient, settings: Settings) -> None:
+    job_id = train(client, model_name="resumed", total_timesteps=3072, checkpoint_interval=256, seed=1)
+    assert client.get(f"/training/{job_id}/status").json()["config"]["checkpoint_interval"] == 256
+    checkpointed = wait_for_job(client, job_id, until=lambda s: (s["checkpoint_timesteps"] or 0) >= 512)
+    checkpoint = settings.jobs_dir / job_id / "checkpoint.zip"
+    assert checkpoint.is_file() and GRPO.load(checkpoint).num_timesteps >= 256
+    assert not list(checkpoint.parent.glob(".*.tmp.zip"))
+    assert client.post(f"/training/{job_id}/resume").status_code == 409  # still running
+    stopped = client.post(f"/training/{job_id}/stop").json()
+    assert stopped["status"] == "stopped"
+    status = client.get(f"/training/{job_id}/status").json()
+    # Stopping checkpoints where it stopped: a resume loses no step.
+    assert status["checkpoint_timesteps"] == stopped["current_timesteps"] >= checkpointed["checkpoint_timesteps"]
+    points_before = _points(client, job_id)
+
+    response = client.post(f"/training/{job_id}/resume")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["job_id"] == job_id and body["status"] in ("queued", "running")
+    assert body["current_timesteps"] == stopped["current_timesteps"] and body["total_timesteps"] == 3072
+    assert body["message"] == f"Training resumed from the checkpoint at {stopped['current_timesteps']} timesteps"
+    done = wait_for_job(client, job_id)
+    assert done["status"] == "completed" and done["current_timesteps"] >= 3072 and done["model_saved"]
+    assert done["config"] == status["config"]
+    points = _points(client, job_id)
+    assert points[: len(points_before)] == points_before and points == sorted(set(points))
+    assert client.get("/models/resumed").json()["timesteps"] == done["current_timesteps"]
+    prediction = client.post("/inference", json={"model_name": "resumed", "observation": CARTPOLE_OBS})
+    assert prediction.status_code == 200 and prediction.json()["action"] in (0, 1)
+    assert not checkpoint.exists()  # a completed job's model is whole; its checkpoint is gone
+    assert len(client.get("/training/jobs").json()["jobs"]) == 1  # the same job, not a new one
+
+    again = client.post(f"/training/{job_id}/resume")
+    assert again.status_code == 409 and "only interrupted, stopped and failed jobs resume" in again.json()["detail"]
+    assert client.post("/training/nope/resume").status_code == 404
+
+
+def test_a_job_cut_by_shutdown_resumes_after_the_restart(settings: Settings) -> None:
+    with TestClient(create_app(settings)) as client:
+        job_id = train(client, model_name="cut", total_timesteps=2048, checkpoint_interval=100_000)
+        wait_for_job(client, job_id, until=lambda s: s["current_timesteps"] >= 256)
+    with TestClient(create_app(settings)) as client:
+        status = client.get(f"/training/{job_id}/status").json()
+        assert status["status"] == "interrupted" and status["checkpoint_timesteps"] >= 256
+        assert status["current_timesteps"] == status["checkpoint_timesteps"]
+        assert client.post(f"/training/{job_id}/resume").json()["current_timesteps"] == status["current_timesteps"]
+        done = wait_for_job(client, job_id)
+        assert done["status"] == "completed" and done["current_timesteps"] >= 2048
+        assert client.post("/inference", json={"model_name": "cut", "observation": CARTPOLE_OBS}).status_code == 200
+
+
+def test_a_crashed_job_shows_its_checkpoint_and_one_without_resumes_from_the_start(settings: Settings) -> None:
+    db = Database(settings.db_path)
+    config = TrainRequest(**TINY, total_timesteps=128).model_dump() | {"model_name": "fresh"}
+    db.add_job(
+        JobRecord(
+            job_id="crashed",
+            status=JobState.RUNNING,
+            model_name="fresh",
+            env_name="CartPole-v1",
+            config=config,
+            total_timesteps=128,
+            created_at=utcnow(),
+            current_timesteps=96,  # progress written after the last checkpoint: lost with the process
+            checkpoint_timesteps=64,
+        )
+    )
+    db.close()
+    with TestClient(create_app(settings)) as client:
+        status = client.get("/training/crashed/status").json()
+        assert status["status"] == "interrupted" and status["current_timesteps"] == 64
+        assert "resume goes on from its last checkpoint" in status["message"]
+        # The record names a checkpoint that is not on disk: the job starts over rather than fail.
+        response = client.post("/training/crashed/resume").json()
+        assert response["message"] == "Training resumed from the start" and response["current_timesteps"] == 0
+        assert wait_for_job(client, "crashed")["status"] == "completed"
+
+
+def test_a_database_from_before_checkpoints_gains_the_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as old:
+        old.execute(
+            "CREATE TABLE jobs (job_id TEXT PRIMARY KEY, status TEXT NOT NULL, model_name TEXT NOT NULL, "
+            "env_name TEXT NOT NULL, config TEXT NOT NULL, total_timesteps INTEGER NOT NULL, "
+            "current_timesteps INTEGER NOT NULL DEFAULT 0, metrics TEXT NOT NULL DEFAULT '{}', "
+            "created_at TEXT NOT NULL, start_time TEXT, end_time TEXT, error_message TEXT, message TEXT, "
+            "model_saved INTEGER NOT NULL DEFAULT 0)"
+        )
+        old.execute(
+            "INSERT INTO jobs (job_id, status, model_name, env_name, config, total_timesteps, created_at) "
+            "VALUES ('old', 'running', 'm', 'CartPole-v1', '{}', 10, '2026-01-01T00:00:00+00:00')"
+        )
+    db = Database(path)
+    assert db.interrupt_unfinished("down") == 1
+    record = db.get_job("old")
+    assert record is not None and record.checkpoint_timesteps is None and record.current_timesteps == 0
+    assert db._read("PRAGMA journal_mode")[0]["journal_mode"] == "wal"
+    db.close()
