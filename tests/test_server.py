@@ -63,12 +63,17 @@ def free_port() -> int:
 class Server:
     """``python run_api.py`` in a subprocess, on its own data folder."""
 
-    def __init__(self, root: Path, port: int) -> None:
+    def __init__(
+        self, root: Path, port: int, *args: str, api_key: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
         self.root = root
         self.port = port
         self.base = f"http://localhost:{port}"
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "server.log"
+        self.args = [*args, *(["--api-key", api_key] if api_key else [])]
+        self.headers = {"X-API-Key": api_key} if api_key else {}
+        self.env = {**os.environ, **(env or {})}
 
     def start(self) -> None:
         command = [
@@ -80,9 +85,10 @@ class Server:
             str(self.root / "models"),
             "--db",
             str(self.root / "jobs.db"),
+            *self.args,
         ]
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"server exited:\n{self.log.read_text()}"
@@ -99,10 +105,10 @@ class Server:
         self.process = None
 
     def get(self, path: str) -> Any:
-        return httpx.get(f"{self.base}{path}", timeout=30).json()
+        return httpx.get(f"{self.base}{path}", headers=self.headers, timeout=30).json()
 
-    def post(self, path: str, body: dict[str, Any]) -> httpx.Response:
-        return httpx.post(f"{self.base}{path}", json=body, timeout=30)
+    def post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
+        return httpx.post(f"{self.base}{path}", json=body, headers=self.headers, timeout=30)
 
     def wait_for_job(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,158 @@
+"""The service under attack, on a real server on 127.0.0.1: its OpenAPI schema fuzzed with schemathesis, a kill -9
+in the middle of training, load while jobs train, and hostile input. The numbers these tests see are the ones
+docs/reliability.md reports."""
+
+import shutil
+from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, settings
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+from test_server import Server, free_port
+
+API_KEY = "reliability-key"
+# Every job schemathesis starts is tiny and short: the fuzzer checks answers, not training.
+FUZZ_SERVER_ENV = {
+    "GRPO_MAX_TOTAL_TIMESTEPS": "256",
+    "GRPO_JOB_TIMEOUT_S": "3",
+    "GRPO_MAX_CONCURRENT_JOBS": "1",
+    "GRPO_MAX_QUEUED_JOBS": "2",
+    "GRPO_MAX_INFERENCE_BATCH": "64",
+}
+
+
+@pytest.fixture(scope="module")
+def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    server = Server(tmp_path_factory.mktemp("fuzz"), free_port(), api_key=API_KEY, env=FUZZ_SERVER_ENV)
+    server.start()
+    try:
+        yield server
+    finally:
+        assert server.process is not None
+        server.process.kill()
+        server.process.wait()
+
+
+@pytest.fixture(scope="module")
+def api_schema(fuzzed_server: Server) -> schemathesis.BaseSchema:
+    return schemathesis.openapi.from_url(f"{fuzzed_server.base}/openapi.json")
+
+
+schema = schemathesis.pytest.from_fixture("api_schema")
+
+
+# No 5xx, and every answer is one the route declares, in the declared shape. Not "schema-valid requests succeed":
+# a valid request for an unknown environment or past the server's limits is rightly refused (400, 413, 429).
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    response_headers_conformance,
+]
+
+
+@schema.parametrize()
+@settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_endpoint_answers_within_its_schema(case: schemathesis.Case) -> None:
+    case.call_and_validate(headers={"X-API-Key": API_KEY}, checks=CHECKS, timeout=30)
+
+
+# hostile input, against the same server
+
+HOSTILE_NAMES = ["..", "../grpo", "..%2F..%2Fgrpo", "a/b", "%2Fetc%2Fpasswd", ".hidden", "x" * 65, "x" * 5000,
+                 "name%00", "%00", "模型", "a b", "-dash"]
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+def _trained_model(server: Server, client: httpx.Client, name: str) -> None:
+    response = client.post("/train", json={"model_name": name, "total_timesteps": 256, "net_arch": [8], "seed": 0})
+    assert response.status_code == 200, response.text
+    assert server.wait_for_job(response.json()["job_id"])["status"] == "completed"
+
+
+def test_hostile_input_is_refused_and_never_a_500(fuzzed_server: Server) -> None:
+    statuses: list[int] = []
+    with httpx.Client(base_url=fuzzed_server.base, headers=fuzzed_server.headers, timeout=30) as client:
+        _trained_model(fuzzed_server, client, "target")
+
+        def send(method: str, path: str, **kwargs: Any) -> httpx.Response:
+            response = client.request(method, path, **kwargs)
+            statuses.append(response.status_code)
+            assert 400 <= response.status_code < 500, (method, path, response.status_code, response.text[:200])
+            assert "Traceback" not in response.text
+            return response
+
+        for name in HOSTILE_NAMES:
+            # The client itself resolves "/models/.." to "/" and "a/b" is another route: only names it sends as is.
+            for method, path in [("GET", ""), ("DELETE", ""), ("GET", "/download"), ("POST", "/evaluate")]:
+                if ".." not in name.split("/") and "/" not in name:
+                    send(method, f"/models/{name}{path}")
+            send("POST", "/inference", json={"model_name": name, "observation": [0.0] * 4})
+            send("POST", "/train", json={"model_name": name, "total_timesteps": 64})
+            send("GET", f"/training/{name}/status")
+            send("POST", f"/training/{name}/resume")
+        raw_observations = [b"NaN", b"Infinity", b"-Infinity", b"1e309", b"1e39", b"-1e400", b"1" + b"0" * 5000,
+                            b"null", b'{"a": 1}', b"[[[[0.1]]]]", b"[" * 5000 + b"]" * 5000]
+        for raw in raw_observations:
+            single, batch = b"[0.1, 0.0, " + raw + b", 0.0]", b"[" + raw + b"]"
+            for field, value in [(b"observation", single), (b"observations", batch)]:
+                body = b'{"model_name": "target", "' + field + b'": ' + value + b"}"
+                send("POST", "/inference", content=body, headers=JSON)
+        wrong = [
+            {"model_name": 5, "observation": [0.0] * 4},
+            {"model_name": "target", "observation": "abc"},
+            {"model_name": "target", "observation": [0.0] * 5},
+            {"model_name": "target", "observations": []},
+            {"model_name": "target", "observations": [[0.0] * 4] * 65},  # past GRPO_MAX_INFERENCE_BATCH
+            {"model_name": "target", "observation": [0.0] * 4, "extra": 1},
+            {"model_name": "target"},
+            [1, 2, 3],
+        ]
+        for body in wrong:
+            send("POST", "/inference", json=body)
+        for body in [{"total_timesteps": "many"}, {"total_timesteps": 10**30}, {"unknown": 1}, {"n_envs": -1},
+                     {"env_name": "__import__('os')"}, {"env_name": "gymnasium.envs:CartPoleEnv"},
+                     {"net_arch": [10**9]}, {"total_timesteps": 257}]:
+            send("POST", "/train", json=body)
+        send("POST", "/train", content=b"{not json", headers=JSON)
+        huge = b'{"model_name": "target", "observations": [' + b"[0.0, 0.0, 0.0, 0.0]," * 600_000 + b"]}"
+        assert send("POST", "/inference", content=huge, headers=JSON).status_code == 413
+        chunked = iter([huge[i : i + 65536] for i in range(0, len(huge), 65536)])
+        assert send("POST", "/inference", content=chunked, headers=JSON).status_code == 413
+        # Still serving.
+        ok = client.post("/inference", json={"model_name": "target", "observation": [0.1, 0.0, 0.05, 0.0]})
+        assert ok.status_code == 200
+    assert len(statuses) > 100
+    print(f"hostile requests: {len(statuses)}, answers: {dict(Counter(statuses))}")
+
+
+def test_deleting_a_model_while_it_is_served(fuzzed_server: Server) -> None:
+    with httpx.Client(base_url=fuzzed_server.base, headers=fuzzed_server.headers, timeout=30) as client:
+        _trained_model(fuzzed_server, client, "served-source")
+        source = fuzzed_server.root / "models" / "served-source.zip"
+        answers: Counter[int] = Counter()
+        with ThreadPoolExecutor(8) as pool:
+            for _ in range(15):
+                shutil.copy(source, fuzzed_server.root / "models" / "served.zip")  # a zip dropped in by hand
+                body = {"model_name": "served", "observation": [0.1, 0.0, 0.05, 0.0]}
+                calls = [pool.submit(client.post, "/inference", json=body) for _ in range(12)]
+                calls.insert(6, pool.submit(client.delete, "/models/served"))
+                answers.update(call.result().status_code for call in calls)
+        print(f"inference and deletes of one model at once: {dict(answers)}")
+        assert set(answers) <= {200, 404}, answers
+        assert answers[200] > 0
+        assert "served" not in {model["name"] for model in client.get("/models").json()["models"]}
