@@ -2,13 +2,20 @@
 in the middle of training, load while jobs train, and hostile input. The numbers these tests see are the ones
 docs/reliability.md reports."""
 
+import contextlib
+import os
 import shutil
+import signal
+import sqlite3
+import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
@@ -21,7 +28,12 @@ from schemathesis.checks import (
 )
 from test_server import Server, free_port
 
+from grpo import GRPO
+
 API_KEY = "reliability-key"
+KILLS = 3
+LOAD_REQUESTS = 500
+LOAD_CONCURRENCY = 32
 # Every job schemathesis starts is tiny and short: the fuzzer checks answers, not training.
 FUZZ_SERVER_ENV = {
     "GRPO_MAX_TOTAL_TIMESTEPS": "256",
@@ -156,3 +168,121 @@ def test_deleting_a_model_while_it_is_served(fuzzed_server: Server) -> None:
         assert set(answers) <= {200, 404}, answers
         assert answers[200] > 0
         assert "served" not in {model["name"] for model in client.get("/models").json()["models"]}
+
+
+# kill -9 in the middle of training
+
+
+def _integrity(db_path: Path) -> str:
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        return db.execute("PRAGMA integrity_check").fetchone()[0]
+
+
+def _half_written(root: Path) -> list[str]:
+    return [str(path) for path in root.rglob(".*.tmp.zip")]
+
+
+def test_kill_9_mid_training_then_resume(tmp_path: Path) -> None:
+    server = Server(tmp_path, free_port(), api_key=API_KEY, env={"GRPO_CHECKPOINT_INTERVAL": "256"})
+    server.start()
+    try:
+        body = {"model_name": "survivor", "total_timesteps": 6144, "seed": 0, "net_arch": [16], "n_epochs": 2}
+        job_id = server.post("/train", body).json()["job_id"]
+        lost: list[int] = []
+        for kill in range(KILLS):
+            # Each time a little further: past the last checkpoint, so some steps since it are lost with the process.
+            target = 512 * (kill + 1) + 300
+            deadline = time.monotonic() + 60
+            while server.get(f"/training/{job_id}/status")["current_timesteps"] < target:
+                assert time.monotonic() < deadline, server.get(f"/training/{job_id}/status")
+                time.sleep(0.05)
+            reached = server.get(f"/training/{job_id}/status")["current_timesteps"]
+            server.stop(signal.SIGKILL)
+            assert _integrity(tmp_path / "jobs.db") == "ok"
+
+            server.start()
+            status = server.get(f"/training/{job_id}/status")
+            assert status["status"] == "interrupted" and status["checkpoint_timesteps"] >= 256 * (kill + 1)
+            assert status["current_timesteps"] == status["checkpoint_timesteps"]
+            lost.append(reached - status["checkpoint_timesteps"])
+            assert not _half_written(tmp_path)
+            assert "survivor" not in {model["name"] for model in server.get("/models")["models"]}
+            assert not [name for name in os.listdir(tmp_path / "models") if name.endswith(".zip")]
+            resumed = server.post(f"/training/{job_id}/resume")
+            assert resumed.status_code == 200, resumed.text
+            assert resumed.json()["current_timesteps"] == status["checkpoint_timesteps"]
+
+        done = server.wait_for_job(job_id)
+        assert done["status"] == "completed" and done["current_timesteps"] >= 6144
+        points = [point["timesteps"] for point in server.get(f"/training/{job_id}/metrics")["points"]]
+        assert points == sorted(set(points)) and points[-1] == done["current_timesteps"]
+        jobs = server.get("/training/jobs")["jobs"]
+        assert [job["job_id"] for job in jobs] == [job_id]
+        prediction = server.post("/inference", {"model_name": "survivor", "observation": [0.1, 0.0, 0.05, 0.0]})
+        assert prediction.status_code == 200 and prediction.json()["action"] in (0, 1)
+        model = GRPO.load(tmp_path / "models" / "survivor.zip")
+        assert model.num_timesteps == done["current_timesteps"]
+        server.stop()
+        assert _integrity(tmp_path / "jobs.db") == "ok" and not _half_written(tmp_path)
+        print(f"kill -9 x{KILLS}: timesteps lost past the last checkpoint {lost}; resumed to {model.num_timesteps}")
+    finally:
+        if server.process is not None:
+            server.process.kill()
+            server.process.wait()
+
+
+# load: training and serving at once
+
+
+def test_inference_under_load_while_four_jobs_train(tmp_path: Path) -> None:
+    env = {"GRPO_MAX_CONCURRENT_JOBS": "2", "GRPO_MAX_QUEUED_JOBS": "4"}
+    server = Server(tmp_path, free_port(), api_key=API_KEY, env=env)
+    server.start()
+    try:
+        limits = httpx.Limits(max_connections=LOAD_CONCURRENCY)
+        with httpx.Client(base_url=server.base, headers=server.headers, timeout=60, limits=limits) as client:
+            _trained_model(server, client, "served")
+            small = {"total_timesteps": 3072, "net_arch": [16], "n_epochs": 2}
+            submitted = [client.post("/train", json={**small, "model_name": f"load{i}"}) for i in range(4)]
+            assert [response.status_code for response in submitted] == [200] * 4
+            job_ids = [response.json()["job_id"] for response in submitted]
+            rng = np.random.default_rng(0)
+            # Every fifth request a batch of 16.
+            bodies = [
+                {"model_name": "served", "observations": rng.normal(size=(16, 4)).tolist()}
+                if i % 5 == 0
+                else {"model_name": "served", "observation": rng.normal(size=4).tolist()}
+                for i in range(LOAD_REQUESTS)
+            ]
+
+            def infer(body: dict[str, Any]) -> tuple[int, float]:
+                started = time.perf_counter()
+                response = client.post("/inference", json=body)
+                return response.status_code, time.perf_counter() - started
+
+            started = time.perf_counter()
+            with ThreadPoolExecutor(LOAD_CONCURRENCY) as pool:
+                results = list(pool.map(infer, bodies))
+            elapsed = time.perf_counter() - started
+            codes = Counter(code for code, _ in results)
+            latencies = sorted(latency * 1000 for _, latency in results)
+            p50, p99 = latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+            running = [server.get(f"/training/{job_id}/status")["status"] for job_id in job_ids]
+            print(
+                f"{LOAD_REQUESTS} inference requests at concurrency {LOAD_CONCURRENCY} while 4 jobs train "
+                f"(then {running}): {dict(codes)}, {LOAD_REQUESTS / elapsed:.0f} req/s, "
+                f"p50 {p50:.0f} ms, p99 {p99:.0f} ms"
+            )
+            assert codes == {200: LOAD_REQUESTS}
+            assert "running" in running or "queued" in running  # the load really overlapped training
+
+            statuses = [server.wait_for_job(job_id) for job_id in job_ids]
+            assert [status["status"] for status in statuses] == ["completed"] * 4
+            listed = [job["job_id"] for job in client.get("/training/jobs").json()["jobs"]]
+            assert len(listed) == len(set(listed)) == 5 and set(job_ids) <= set(listed)
+            models = {model["name"] for model in client.get("/models").json()["models"]}
+            assert models == {"served", "load0", "load1", "load2", "load3"}
+    finally:
+        if server.process is not None:
+            server.process.kill()
+            server.process.wait()
