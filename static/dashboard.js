@@ -2,6 +2,7 @@
 "use strict";
 
 const ACTIVE = new Set(["queued", "running"]);
+const RESUMABLE = new Set(["interrupted", "stopped", "failed"]);
 const JOBS_POLL_MS = 1000;
 const $ = (selector) => document.querySelector(selector);
 const state = { jobs: new Map(), selectedJob: null, stream: null, charts: null, points: [] };
@@ -81,6 +82,9 @@ function jobRow(job) {
   if (ACTIVE.has(job.status)) {
     actions.append(element("button", { class: "small danger", onclick: () => stopJob(job.job_id) }, "stop"));
   }
+  if (RESUMABLE.has(job.status)) {
+    actions.append(element("button", { class: "small", onclick: () => resumeJob(job.job_id) }, "resume"));
+  }
   const row = element(
     "tr",
     { "data-job-id": job.job_id, "data-status": job.status },
@@ -121,6 +125,17 @@ async function refreshJobs() {
   } catch (error) {
     $("#health").textContent = `jobs: ${error.message}`;
   }
+}
+
+async function resumeJob(jobId) {
+  try {
+    const answer = await api("POST", `/training/${jobId}/resume`);
+    showResult($("#train-result"), answer.message, false);
+  } catch (error) {
+    showResult($("#train-result"), error.message, true);
+  }
+  await refreshJobs();
+  selectJob(jobId);
 }
 
 async function stopJob(jobId) {
