@@ -3,9 +3,8 @@
 A job goes ``queued`` -> ``running`` -> ``completed`` | ``failed`` | ``stopped``; a job the server was running or
 holding when it went down is ``interrupted``. A running job checkpoints its model every ``checkpoint_interval``
 timesteps and when it stops; an interrupted, stopped or failed job resumes from that checkpoint under its own id.
-Jobs run on an ``Executor``: here a thread pool of
-``max_concurrent_jobs`` threads whose queue is first in, first out. Another backend (a cluster) only has to
-implement ``submit`` and ``shutdown``.
+Jobs run on an ``Executor``: here a thread pool of ``max_concurrent_jobs`` threads whose queue is first in, first
+out. Another backend (a cluster) only has to implement ``submit`` and ``shutdown``.
 """
 
 import bisect
