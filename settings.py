@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
@@ -69,6 +69,13 @@ class Settings(BaseSettings):
         None,
         description="When set, every endpoint but /health, /ready and the docs requires it in the X-API-Key header",
     )
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_means_none(cls, value: object) -> object:
+        # `GRPO_API_KEY=` in a shell or compose file means "no key", not "a key nobody can send".
+        return None if isinstance(value, str) and not value.strip() else value
+
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     log_level: LogLevel = "info"

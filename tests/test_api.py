@@ -915,6 +915,11 @@ def test_api_key_from_the_environment_and_the_command_line(monkeypatch: pytest.M
     assert captured["settings"].api_key.get_secret_value() == "from-flag"
 
 
+def test_a_blank_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRPO_API_KEY", " ")
+    assert Settings().api_key is None
+
+
 # limits
 
 
@@ -937,8 +942,10 @@ def test_inference_batches_are_bounded(tmp_path: Path, service: TestClient) -> N
     with TestClient(create_app(make_settings(tmp_path, max_inference_batch=3))) as client:
         response = client.post("/inference", json={"model_name": "cartpole", "observations": [CARTPOLE_OBS] * 4})
         assert response.status_code == 413
-        assert response.json()["detail"] == "4 observations in one request; this server takes at most 3 " \
+        assert (
+            response.json()["detail"] == "4 observations in one request; this server takes at most 3 "
             "(send several requests)"
+        )
     assert service.post("/inference", json={"model_name": "cartpole", "observations": [CARTPOLE_OBS] * 3}).json()
 
 
