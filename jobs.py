@@ -26,8 +26,9 @@ from gymnasium import spaces
 from pydantic import ValidationError
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
-from grpo import GRPO
+from grpo import GRPO, GroupResetWrapper
 from rewards import REWARD_FUNCTIONS, fits
 from schemas import GRPO_ARGUMENTS, TrainingConfig, TrainRequest
 from settings import Settings
@@ -140,9 +141,31 @@ def _generated_model_name(env_name: str, job_id: str) -> str:
     return f"grpo_{re.sub(r'[^A-Za-z0-9_.-]', '_', env_name)[:40]}_{job_id[:8]}"
 
 
+def make_environments(config: TrainingConfig) -> VecEnv:
+    """The job's ``n_envs`` environments: stepped in turn in this process (``dummy``) or each in a process of its
+    own (``subproc``), where GRPO needs every one wrapped to reset the members of a group with the group's seed."""
+    if config.vec_env == "subproc":
+        return make_vec_env(
+            config.env_name,
+            n_envs=config.n_envs,
+            seed=config.seed,
+            vec_env_cls=SubprocVecEnv,
+            wrapper_class=GroupResetWrapper,
+        )
+    return make_vec_env(config.env_name, n_envs=config.n_envs, seed=config.seed)
+
+
 def build_model(config: TrainingConfig, device: str, tensorboard_log: Path | None = None) -> GRPO:
     """The GRPO model a job trains, on freshly made environments; SB3 writes TensorBoard logs to ``tensorboard_log``."""
-    env = make_vec_env(config.env_name, n_envs=config.n_envs, seed=config.seed)
+    env = make_environments(config)
+    try:
+        return _new_model(config, env, device, tensorboard_log)
+    except BaseException:
+        env.close()  # a subproc env's worker processes would outlive the failed job
+        raise
+
+
+def _new_model(config: TrainingConfig, env: VecEnv, device: str, tensorboard_log: Path | None) -> GRPO:
     return GRPO(
         "MlpPolicy",
         env,
@@ -162,15 +185,19 @@ def build_model(config: TrainingConfig, device: str, tensorboard_log: Path | Non
 
 def load_checkpoint(config: TrainingConfig, path: Path, device: str, tensorboard_log: Path | None = None) -> GRPO:
     """A job's model as its checkpoint left it, on freshly made environments, ready to train on."""
-    env = make_vec_env(config.env_name, n_envs=config.n_envs, seed=config.seed)
-    return GRPO.load(
-        path,
-        env=env,
-        device=device,
-        # Functions from the registry, not whatever the zip pickled: the same code the job started with.
-        reward_function=REWARD_FUNCTIONS[config.reward_function_type],
-        tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
-    )
+    env = make_environments(config)
+    try:
+        return GRPO.load(
+            path,
+            env=env,
+            device=device,
+            # Functions from the registry, not whatever the zip pickled: the same code the job started with.
+            reward_function=REWARD_FUNCTIONS[config.reward_function_type],
+            tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
+        )
+    except BaseException:
+        env.close()
+        raise
 
 
 def hyperparameters(config: TrainingConfig, model: GRPO) -> dict[str, Any]:
@@ -608,6 +635,7 @@ class JobRunner:
                 pass  # asked for between two gradient steps; the model is whole and handled below
             finally:
                 callback.detach()
+                model.env.close()  # before the job is recorded as ended: a subproc env's workers end with it
             job.timesteps = model.num_timesteps
             self._conclude(job, model)
         except Exception as error:  # a job's failure is recorded on the job; the server goes on

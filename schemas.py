@@ -123,6 +123,11 @@ class TrainRequest(StrictModel):
     max_grad_norm: float | None = Field(None, gt=0, le=1_000)
     target_kl: float | None = Field(None, gt=0, le=10)
     n_envs: int = Field(1, ge=1, le=64, description="Environments stepped side by side")
+    vec_env: Literal["dummy", "subproc"] = Field(
+        "dummy",
+        description="'dummy': the environments step in turn in the job's process; 'subproc': each in a process of "
+        "its own, so one job uses several cores (worth it when an environment step is slow)",
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     net_arch: list[Annotated[int, Field(ge=1, le=4_096)]] | None = Field(
         None, max_length=8, description="Hidden layer sizes of the policy (default: SB3's [64, 64])"

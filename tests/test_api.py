@@ -1,6 +1,7 @@
 """Every endpoint and error path of the service, through FastAPI's TestClient."""
 
 import json
+import multiprocessing
 import os
 import re
 import sqlite3
@@ -18,6 +19,7 @@ from fastapi.testclient import TestClient
 
 import api
 import grpo
+import jobs
 import rewards
 import run_api
 from api import create_app, get_store
@@ -224,6 +226,30 @@ def test_a_failing_job_reports_its_error(client: TestClient, monkeypatch: pytest
     assert status["status"] == "failed"
     assert "this reward function is broken" in status["error_message"]
     assert status["model_saved"] is False
+
+
+def test_a_subproc_job_trains_on_several_processes_serves_and_closes_them(client: TestClient) -> None:
+    job_id = train(client, model_name="subproc", total_timesteps=512, n_envs=2, vec_env="subproc", seed=0)
+    status = wait_for_job(client, job_id, timeout=120)
+    assert status["status"] == "completed", status
+    assert status["config"]["vec_env"] == "subproc" and status["config"]["n_envs"] == 2
+    assert client.post("/inference", json={"model_name": "subproc", "observation": CARTPOLE_OBS}).status_code == 200
+    assert client.get("/models/subproc").json()["hyperparameters"]["vec_env"] == "subproc"
+    # The job closed its environments: none of their worker processes is left.
+    assert not multiprocessing.active_children()
+
+
+def test_a_subproc_job_whose_model_cannot_be_built_closes_its_processes(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*args: Any, **kwargs: Any) -> GRPO:
+        assert len(multiprocessing.active_children()) == 2  # the workers are up when the model is made
+        raise ValueError("no model today")
+
+    monkeypatch.setattr(jobs, "_new_model", refuse)
+    status = wait_for_job(client, train(client, total_timesteps=256, n_envs=2, vec_env="subproc"), timeout=120)
+    assert status["status"] == "failed" and "no model today" in status["error_message"]
+    assert not multiprocessing.active_children()
 
 
 @pytest.mark.parametrize(
