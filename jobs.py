@@ -3,12 +3,15 @@
 A job goes ``queued`` -> ``running`` -> ``completed`` | ``failed`` | ``stopped``; a job the server was running or
 holding when it went down is ``interrupted``. A running job checkpoints its model every ``checkpoint_interval``
 timesteps and when it stops; an interrupted, stopped or failed job resumes from that checkpoint under its own id.
-Jobs run on an ``Executor``: here a thread pool of ``max_concurrent_jobs`` threads whose queue is first in, first
-out. Another backend (a cluster) only has to implement ``submit`` and ``shutdown``.
+Jobs run on an ``Executor``: a thread pool of ``max_concurrent_jobs`` threads whose queue is first in, first out
+(``ThreadExecutor``, training in those threads), or the same pool of threads each driving a Ray actor that trains
+the job in a worker process, on this machine or a cluster (``RayExecutor``). Both train through ``train_model``
+and feed the runner's bookkeeping the same way; another backend implements ``submit``, ``train`` and ``shutdown``.
 """
 
 import bisect
 import difflib
+import io
 import logging
 import os
 import re
@@ -52,7 +55,17 @@ logger = logging.getLogger("grpo.jobs")
 
 # Progress reaches the database at most this often; status requests read the live values in between.
 PROGRESS_WRITE_INTERVAL_S = 1.0
+# How often the service asks a job's Ray actor for its progress.
+ACTOR_POLL_INTERVAL_S = 0.5
 CHECKPOINT_FILE = "checkpoint.zip"
+# The service's own modules travel to Ray's workers (they need only the requirements); its data stays here.
+RAY_RUNTIME_ENV = {
+    "working_dir": str(Path(__file__).resolve().parent),
+    "excludes": [
+        *("/models/", "/tests/", "/docs/", "/benchmarks/", "/static/", "/runs/", "*.db*", "__pycache__/"),
+        *("/.pytest_cache/", "/.ruff_cache/", "/.hypothesis/"),
+    ],
+}
 # A job in one of these states can go on from its checkpoint (or from the start, when it has none).
 RESUMABLE_STATES = (JobState.INTERRUPTED, JobState.STOPPED, JobState.FAILED)
 SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
@@ -183,7 +196,9 @@ def _new_model(config: TrainingConfig, env: VecEnv, device: str, tensorboard_log
     )
 
 
-def load_checkpoint(config: TrainingConfig, path: Path, device: str, tensorboard_log: Path | None = None) -> GRPO:
+def load_checkpoint(
+    config: TrainingConfig, path: Path | io.BytesIO, device: str, tensorboard_log: Path | None = None
+) -> GRPO:
     """A job's model as its checkpoint left it, on freshly made environments, ready to train on."""
     env = make_environments(config)
     try:
@@ -210,49 +225,6 @@ def hyperparameters(config: TrainingConfig, model: GRPO) -> dict[str, Any]:
     return values
 
 
-class Executor(Protocol):
-    """Where jobs run. ``submit`` must start work in the order given once capacity frees up."""
-
-    def submit(self, work: Callable[[], None]) -> None: ...
-
-    def shutdown(self) -> None:
-        """Drop work not yet started and wait for the running work to return."""
-        ...
-
-
-def lower_thread_priority(niceness: int) -> None:
-    """Make the calling thread yield the CPU to the server's threads (Linux schedules threads one by one)."""
-    if niceness <= 0 or not hasattr(os, "setpriority"):
-        return
-    thread = threading.get_native_id()
-    try:
-        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
-    except OSError as error:  # e.g. a container that forbids it: training still runs, only at full priority
-        logger.warning("could not lower the priority of a training thread: %s", error)
-
-
-class ThreadExecutor:
-    """Jobs on background threads of this process, at most ``max_workers`` at once, the rest in FIFO order.
-
-    The threads run at a lower priority (``niceness``) so that inference requests keep their latency while
-    jobs train: on a machine with as many busy jobs as cores, the scheduler otherwise splits the CPU evenly.
-    """
-
-    def __init__(self, max_workers: int, niceness: int = 0) -> None:
-        self._pool = ThreadPoolExecutor(
-            max_workers=max_workers,
-            thread_name_prefix="grpo-job",
-            initializer=lower_thread_priority,
-            initargs=(niceness,),
-        )
-
-    def submit(self, work: Callable[[], None]) -> None:
-        self._pool.submit(work)
-
-    def shutdown(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 @dataclass
 class ActiveJob:
     """What the runner knows of a queued or running job beyond its database record."""
@@ -267,7 +239,7 @@ class ActiveJob:
     metrics: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0  # time.monotonic() when training began
     timed_out: bool = False  # stopped because it ran past the server's job_timeout_s
-    resume_from: Path | None = None  # the checkpoint a resumed job goes on from
+    resume_from: Path | io.BytesIO | None = None  # the checkpoint a resumed job goes on from
     # Every point of this run, in memory for cheap reads while it runs; the first ``saved_points`` are in the database.
     history: list[MetricPoint] = field(default_factory=list)
     saved_points: int = 0
@@ -355,6 +327,291 @@ class JobCallback(BaseCallback):
         self.job.metrics = finite_metrics(metrics)
 
 
+Report = Callable[[ActiveJob], None]
+Checkpoint = Callable[[ActiveJob, GRPO], None]
+
+
+def record_point(job: ActiveJob) -> None:
+    """Add a learning-curve point from the latest metrics, if training moved on since the last one."""
+    timesteps = int(job.metrics.get("time/total_timesteps", 0))
+    if timesteps > (job.history[-1].timesteps if job.history else 0):
+        job.history.append(MetricPoint.from_metrics(timesteps, time.monotonic() - job.started_at, job.metrics))
+
+
+def train_model(
+    job: ActiveJob,
+    device: str,
+    tensorboard_log: Path | None,
+    report: Report,
+    checkpoint: Checkpoint,
+    timeout_s: float | None,
+) -> GRPO:
+    """Build the job's model (or load its checkpoint) and train it to its total_timesteps or until it stops, in
+    the calling process; its environments are closed when this returns. Every executor trains through this."""
+    config = job.config
+    if job.resume_from is not None:
+        model = load_checkpoint(config, job.resume_from, device, tensorboard_log=tensorboard_log)
+    else:
+        model = build_model(config, device, tensorboard_log=tensorboard_log)
+    # A resumed job's learning curves go on from the wall time of its last point.
+    job.started_at = time.monotonic() - (job.history[-1].wall_time_s if job.history else 0.0)
+    callback = JobCallback(job, report, timeout_s, checkpoint, config.checkpoint_interval)
+    try:
+        # A resumed model keeps its timestep count: learn the rest, in the same TensorBoard run.
+        model.learn(
+            config.total_timesteps - model.num_timesteps, callback=callback, reset_num_timesteps=job.resume_from is None
+        )
+    except StopTraining:
+        pass  # asked for between two gradient steps; the model is whole
+    finally:
+        callback.detach()
+        model.env.close()  # before the job is recorded as ended: a subproc env's workers end with it
+    job.timesteps = model.num_timesteps
+    return model
+
+
+class Executor(Protocol):
+    """Where jobs run. ``submit`` must start work in the order given once capacity frees up; the work calls
+    ``train`` for the job's model."""
+
+    def submit(self, work: Callable[[], None]) -> None: ...
+
+    def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
+        """Train the job's model until its total_timesteps or until ``job.stop_requested``; keep ``job``'s
+        timesteps, metrics and history current, calling ``report(job)`` at each rollout and ``checkpoint(job,
+        model)`` every ``checkpoint_interval`` timesteps. Returns the model, in this process. Raises
+        ``StopTraining`` when stopped before training began."""
+        ...
+
+    def shutdown(self) -> None:
+        """Drop work not yet started and wait for the running work to return."""
+        ...
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread yield the CPU to the server's threads (Linux schedules threads one by one)."""
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+    except OSError as error:  # e.g. a container that forbids it: training still runs, only at full priority
+        logger.warning("could not lower the priority of a training thread: %s", error)
+
+
+class ThreadExecutor:
+    """Jobs on background threads of this process, at most ``max_workers`` at once, the rest in FIFO order.
+
+    The threads run at a lower priority (``niceness``) so that inference requests keep their latency while
+    jobs train: on a machine with as many busy jobs as cores, the scheduler otherwise splits the CPU evenly.
+    """
+
+    def __init__(self, max_workers: int, niceness: int = 0) -> None:
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers,
+            thread_name_prefix="grpo-job",
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
+        )
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._pool.submit(work)
+
+    def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
+        logs = settings.jobs_dir / job.record.job_id
+        return train_model(job, settings.device, logs, report, checkpoint, settings.job_timeout_s)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ActorProgress:
+    """What a job's Ray actor has to tell at one poll."""
+
+    timesteps: int
+    metrics: dict[str, float]
+    points: list[MetricPoint]  # learning-curve points past the ones the service has
+    checkpoint: bytes | None  # the model zip of a checkpoint newer than the service has
+    checkpoint_timesteps: int
+
+
+class ActorLost(Exception):
+    """The Ray actor training a job died (its worker process or its node went down)."""
+
+
+class TrainingActor:
+    """One job's training in a Ray worker process (``ray.remote`` makes it an actor with two threads).
+
+    ``train`` runs the job, as ``ThreadExecutor`` would, through ``train_model``; the service calls ``progress``
+    from its other thread twice a second, and ``stop``. Checkpoints stay in the actor as zip bytes until the
+    service fetches them and writes them to its own ``jobs_dir``: workers need no shared disk, and resume reads
+    the service's copy.
+    """
+
+    def __init__(
+        self,
+        record: JobRecord,
+        config: TrainingConfig,
+        checkpoint: bytes | None,
+        history: list[MetricPoint],
+        device: str,
+        timeout_s: float | None,
+        torch_threads: int,
+    ) -> None:
+        import torch as th
+
+        th.set_num_threads(torch_threads)
+        self.job = ActiveJob(
+            record=record,
+            config=config,
+            resume_from=io.BytesIO(checkpoint) if checkpoint is not None else None,
+            history=history,
+        )
+        self.device = device
+        self.timeout_s = timeout_s
+        self._checkpoint = b""
+        self._checkpoint_timesteps = 0
+        self._lock = threading.Lock()
+
+    def train(self) -> tuple[bytes, bool]:
+        """The trained model as a zip, and whether it ran out of time."""
+        model = train_model(self.job, self.device, None, record_point, self._keep_checkpoint, self.timeout_s)
+        return model_bytes(model), self.job.timed_out
+
+    def progress(self, since_timesteps: int, checkpoint_timesteps: int) -> ActorProgress:
+        job = self.job
+        first = bisect.bisect_right(job.history, since_timesteps, key=lambda point: point.timesteps)
+        with self._lock:
+            newer = self._checkpoint_timesteps > checkpoint_timesteps
+            return ActorProgress(
+                timesteps=job.timesteps,
+                metrics=dict(job.metrics),
+                points=job.history[first:],
+                checkpoint=self._checkpoint if newer else None,
+                checkpoint_timesteps=self._checkpoint_timesteps,
+            )
+
+    def stop(self) -> None:
+        self.job.stop_requested.set()
+
+    def _keep_checkpoint(self, job: ActiveJob, model: GRPO) -> None:
+        record_point(job)
+        data = model_bytes(model)
+        with self._lock:
+            self._checkpoint, self._checkpoint_timesteps = data, model.num_timesteps
+
+
+def model_bytes(model: GRPO) -> bytes:
+    buffer = io.BytesIO()
+    model.save(buffer)
+    return buffer.getvalue()
+
+
+class RayExecutor:
+    """Jobs as Ray actors, on a local Ray or a cluster; the service keeps one thread per running job (at most
+    ``max_concurrent_jobs``) that polls its actor and feeds the runner's bookkeeping, as a thread job would.
+
+    With no ``ray_address`` it starts a local Ray of ``ray_num_cpus`` CPUs, and stops it at shutdown; a Ray already
+    started in this process is used as it is (``ray.init(runtime_env=RAY_RUNTIME_ENV)``, for the workers to find
+    the service's modules).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import ray
+
+        self._ray = ray
+        self._threads = ThreadExecutor(settings.max_concurrent_jobs)
+        self._actors: dict[str, Any] = {}
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            if settings.ray_address:
+                ray.init(address=settings.ray_address, runtime_env=RAY_RUNTIME_ENV)
+            else:
+                ray.init(
+                    # "local": a Ray of its own, even where `ray start` left a cluster to find
+                    address="local",
+                    num_cpus=settings.ray_num_cpus,
+                    include_dashboard=False,
+                    runtime_env=RAY_RUNTIME_ENV,
+                )
+        logger.info("training on Ray: %s", ray.cluster_resources())
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._threads.submit(work)
+
+    def actor(self, job_id: str) -> Any:
+        """The Ray actor handle training a job, while it runs (for operators and tests)."""
+        return self._actors[job_id]
+
+    def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
+        ray = self._ray
+        config = job.config
+        num_cpus = config.num_cpus or (config.n_envs if config.vec_env == "subproc" else 1)
+        num_gpus = config.num_gpus or 0
+        device = "cuda" if num_gpus else ("cpu" if settings.device == "auto" else settings.device)
+        resume = job.resume_from.read_bytes() if isinstance(job.resume_from, Path) else None
+        actor = (
+            ray.remote(TrainingActor)
+            .options(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_concurrency=2,
+                max_restarts=0,
+            )
+            .remote(job.record, config, resume, job.history[-1:], device, settings.job_timeout_s, max(1, int(num_cpus)))
+        )
+        self._actors[job.record.job_id] = actor
+        job.started_at = time.monotonic() - (job.history[-1].wall_time_s if job.history else 0.0)
+        result = actor.train.remote()
+        answered = stop_sent = False
+        checkpoint_timesteps = job.record.checkpoint_timesteps or 0
+        try:
+            while True:
+                done, _ = ray.wait([result], timeout=ACTOR_POLL_INTERVAL_S)
+                if job.stop_requested.is_set() and not stop_sent:
+                    if not answered:  # still waiting for a worker: nothing to keep
+                        raise StopTraining
+                    actor.stop.remote()
+                    stop_sent = True
+                try:
+                    last_point = job.history[-1].timesteps if job.history else 0
+                    progress = ray.get(actor.progress.remote(last_point, checkpoint_timesteps), timeout=10)
+                except ray.exceptions.GetTimeoutError:
+                    continue  # not placed yet, or busy: ask again
+                answered = True
+                job.timesteps, job.metrics = progress.timesteps, progress.metrics
+                job.history.extend(progress.points)
+                if progress.checkpoint is not None:
+                    checkpoint(job, load_model_bytes(progress.checkpoint, config, settings.device))
+                    checkpoint_timesteps = progress.checkpoint_timesteps
+                report(job)
+                if done:
+                    break
+            data, job.timed_out = ray.get(result)
+        except ray.exceptions.RayActorError as error:
+            raise ActorLost(f"the Ray actor training the job died: {str(error).splitlines()[0]}") from error
+        finally:
+            self._actors.pop(job.record.job_id, None)
+            ray.kill(actor)
+        return load_model_bytes(data, config, settings.device)
+
+    def shutdown(self) -> None:
+        self._threads.shutdown()
+        if self._owns_ray:
+            self._ray.shutdown()
+
+
+def load_model_bytes(data: bytes, config: TrainingConfig, device: str) -> GRPO:
+    return GRPO.load(io.BytesIO(data), device=device, reward_function=REWARD_FUNCTIONS[config.reward_function_type])
+
+
+def make_executor(settings: Settings) -> Executor:
+    if settings.executor == "ray":
+        return RayExecutor(settings)
+    return ThreadExecutor(settings.max_concurrent_jobs, settings.job_niceness)
+
+
 class JobRunner:
     """Accepts training requests, runs them on an executor, and keeps their records up to date."""
 
@@ -362,7 +619,7 @@ class JobRunner:
         self.db = db
         self.store = store
         self.settings = settings
-        self.executor = executor or ThreadExecutor(settings.max_concurrent_jobs, settings.job_niceness)
+        self.executor = executor or make_executor(settings)
         self._active: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
         self._last_write: dict[str, float] = {}
@@ -492,7 +749,7 @@ class JobRunner:
         path = self._checkpoint_path(job.record.job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_atomically(model, path)
-        self._record_point(job)
+        record_point(job)
         self._save_points(job)
         self.db.update_job(
             job.record.job_id,
@@ -610,40 +867,19 @@ class JobRunner:
             if job.record.job_id not in self._active:
                 return  # stopped or shut down while queued, and already recorded so
             job.started = True
-        job_id, config = job.record.job_id, job.config
+        job_id = job.record.job_id
         self._transition(job_id, JobState.RUNNING, start_time=utcnow())
-        model = None
-        logs = self.settings.jobs_dir / job_id
         try:
-            if job.resume_from is not None:
-                model = load_checkpoint(config, job.resume_from, self.settings.device, tensorboard_log=logs)
-            else:
-                model = build_model(config, self.settings.device, tensorboard_log=logs)
-            # A resumed job's learning curves go on from the wall time of its last point.
-            job.started_at = time.monotonic() - (job.history[-1].wall_time_s if job.history else 0.0)
-            callback = JobCallback(
-                job, self._report_progress, self.settings.job_timeout_s, self._checkpoint, config.checkpoint_interval
-            )
-            try:
-                # A resumed model keeps its timestep count: learn the rest, in the same TensorBoard run.
-                model.learn(
-                    config.total_timesteps - model.num_timesteps,
-                    callback=callback,
-                    reset_num_timesteps=job.resume_from is None,
-                )
-            except StopTraining:
-                pass  # asked for between two gradient steps; the model is whole and handled below
-            finally:
-                callback.detach()
-                model.env.close()  # before the job is recorded as ended: a subproc env's workers end with it
+            model = self.executor.train(job, self.settings, self._report_progress, self._checkpoint)
             job.timesteps = model.num_timesteps
             self._conclude(job, model)
+        except StopTraining:  # stopped before its training began anywhere
+            state = JobState.INTERRUPTED if job.shutting_down else JobState.STOPPED
+            self._finish(job, state, message="Stopped before its training started; no model was trained")
         except Exception as error:  # a job's failure is recorded on the job; the server goes on
             logger.exception("job %s failed", job_id)
             self._finish(job, JobState.FAILED, error_message=f"{type(error).__name__}: {error}")
         finally:
-            if model is not None and model.env is not None:
-                model.env.close()
             with self._lock:
                 self._active.pop(job_id, None)
             self._last_write.pop(job_id, None)
@@ -695,18 +931,12 @@ class JobRunner:
             self._checkpoint_path(job.record.job_id).unlink(missing_ok=True)
 
     def _report_progress(self, job: ActiveJob) -> None:
-        self._record_point(job)
+        record_point(job)
         now = time.monotonic()
         if now - self._last_write.get(job.record.job_id, 0.0) >= PROGRESS_WRITE_INTERVAL_S:
             self._last_write[job.record.job_id] = now
             self.db.update_job(job.record.job_id, current_timesteps=job.timesteps, metrics=job.metrics)
             self._save_points(job)
-
-    def _record_point(self, job: ActiveJob) -> None:
-        """Add a learning-curve point from the latest metrics, if training moved on since the last one."""
-        timesteps = int(job.metrics.get("time/total_timesteps", 0))
-        if timesteps > (job.history[-1].timesteps if job.history else 0):
-            job.history.append(MetricPoint.from_metrics(timesteps, time.monotonic() - job.started_at, job.metrics))
 
     def _save_points(self, job: ActiveJob) -> None:
         # Batched with the progress writes: one transaction a second, however short the rollouts are.
@@ -716,7 +946,7 @@ class JobRunner:
 
     def _finish(self, job: ActiveJob, status: JobState, **values: Any) -> None:
         # Before the job leaves the active set: from then on, readers find all of its points in the database.
-        self._record_point(job)
+        record_point(job)
         self._save_points(job)
         self._transition(
             job.record.job_id,

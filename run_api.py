@@ -23,6 +23,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--max-concurrent-jobs", dest="max_concurrent_jobs", type=int, help="training jobs at once (default: CPUs)"
     )
+    parser.add_argument("--executor", choices=("thread", "ray"), help="where jobs train (default thread)")
+    parser.add_argument(
+        "--ray-address", dest="ray_address", help="Ray cluster to train on (default: start a local Ray)"
+    )
     parser.add_argument("--api-key", dest="api_key", help="require this X-API-Key on every request (default: none)")
     parser.add_argument("--log-level", dest="log_level", choices=LogLevel.__args__, help="default info")
     return parser.parse_args(argv)

@@ -128,6 +128,15 @@ class TrainRequest(StrictModel):
         description="'dummy': the environments step in turn in the job's process; 'subproc': each in a process of "
         "its own, so one job uses several cores (worth it when an environment step is slow)",
     )
+    num_cpus: float | None = Field(
+        None,
+        gt=0,
+        le=1_024,
+        description="Ray executor: CPUs the job's actor reserves (default: n_envs for 'subproc', else 1)",
+    )
+    num_gpus: float | None = Field(
+        None, ge=0, le=64, description="Ray executor: GPUs the job's actor reserves; above 0 it trains on CUDA"
+    )
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     net_arch: list[Annotated[int, Field(ge=1, le=4_096)]] | None = Field(
         None, max_length=8, description="Hidden layer sizes of the policy (default: SB3's [64, 64])"

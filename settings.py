@@ -65,6 +65,13 @@ class Settings(BaseSettings):
         le=19,
         description="How much lower than the server's the training threads' CPU priority is (0: the same)",
     )
+    executor: Literal["thread", "ray"] = Field(
+        "thread", description="Where jobs train: threads of this process, or Ray actors (a local Ray or a cluster)"
+    )
+    ray_address: str = Field(
+        "", description="Ray cluster to connect to, e.g. '10.0.0.5:6379' (empty: start a local Ray in the service)"
+    )
+    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (None: all of this machine's)")
     api_key: SecretStr | None = Field(
         None,
         description="When set, every endpoint but /health, /ready and the docs requires it in the X-API-Key header",

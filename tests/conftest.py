@@ -86,3 +86,24 @@ def one_torch_thread() -> Iterator[None]:
     th.set_num_threads(1)
     yield
     th.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[None]:
+    """One local Ray for the whole test session, as small as this machine; stopped when the session ends."""
+    import ray
+
+    from jobs import RAY_RUNTIME_ENV
+
+    # "local": our own, not a cluster some `ray start` on this machine left behind
+    ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=RAY_RUNTIME_ENV)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(params=["thread", "ray"])
+def executor(request: pytest.FixtureRequest) -> str:
+    """Each executor in turn; the Ray one on the session's local Ray."""
+    if request.param == "ray":
+        request.getfixturevalue("local_ray")
+    return request.param
