@@ -464,9 +464,7 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     )
 
 
-@training_router.post(
-    "/training/{job_id}/resume", response_model=ResumeResponse, responses=errors(404, 409, 429)
-)
+@training_router.post("/training/{job_id}/resume", response_model=ResumeResponse, responses=errors(404, 409, 429))
 def resume_job(job_id: str, runner: RunnerDep) -> ResumeResponse:
     """Go on training an interrupted, stopped or failed job, under the same id, from its last checkpoint to its
     total_timesteps with the same settings; the model is saved under the job's model_name as before."""

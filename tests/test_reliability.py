@@ -83,8 +83,21 @@ def test_every_endpoint_answers_within_its_schema(case: schemathesis.Case) -> No
 
 # hostile input, against the same server
 
-HOSTILE_NAMES = ["..", "../grpo", "..%2F..%2Fgrpo", "a/b", "%2Fetc%2Fpasswd", ".hidden", "x" * 65, "x" * 5000,
-                 "name%00", "%00", "模型", "a b", "-dash"]
+HOSTILE_NAMES = [
+    "..",
+    "../grpo",
+    "..%2F..%2Fgrpo",
+    "a/b",
+    "%2Fetc%2Fpasswd",
+    ".hidden",
+    "x" * 65,
+    "x" * 5000,
+    "name%00",
+    "%00",
+    "模型",
+    "a b",
+    "-dash",
+]
 
 
 JSON = {"Content-Type": "application/json"}
@@ -117,8 +130,19 @@ def test_hostile_input_is_refused_and_never_a_500(fuzzed_server: Server) -> None
             send("POST", "/train", json={"model_name": name, "total_timesteps": 64})
             send("GET", f"/training/{name}/status")
             send("POST", f"/training/{name}/resume")
-        raw_observations = [b"NaN", b"Infinity", b"-Infinity", b"1e309", b"1e39", b"-1e400", b"1" + b"0" * 5000,
-                            b"null", b'{"a": 1}', b"[[[[0.1]]]]", b"[" * 5000 + b"]" * 5000]
+        raw_observations = [
+            b"NaN",
+            b"Infinity",
+            b"-Infinity",
+            b"1e309",
+            b"1e39",
+            b"-1e400",
+            b"1" + b"0" * 5000,
+            b"null",
+            b'{"a": 1}',
+            b"[[[[0.1]]]]",
+            b"[" * 5000 + b"]" * 5000,
+        ]
         for raw in raw_observations:
             single, batch = b"[0.1, 0.0, " + raw + b", 0.0]", b"[" + raw + b"]"
             for field, value in [(b"observation", single), (b"observations", batch)]:
@@ -136,9 +160,16 @@ def test_hostile_input_is_refused_and_never_a_500(fuzzed_server: Server) -> None
         ]
         for body in wrong:
             send("POST", "/inference", json=body)
-        for body in [{"total_timesteps": "many"}, {"total_timesteps": 10**30}, {"unknown": 1}, {"n_envs": -1},
-                     {"env_name": "__import__('os')"}, {"env_name": "gymnasium.envs:CartPoleEnv"},
-                     {"net_arch": [10**9]}, {"total_timesteps": 257}]:
+        for body in [
+            {"total_timesteps": "many"},
+            {"total_timesteps": 10**30},
+            {"unknown": 1},
+            {"n_envs": -1},
+            {"env_name": "__import__('os')"},
+            {"env_name": "gymnasium.envs:CartPoleEnv"},
+            {"net_arch": [10**9]},
+            {"total_timesteps": 257},
+        ]:
             send("POST", "/train", json=body)
         send("POST", "/train", content=b"{not json", headers=JSON)
         huge = b'{"model_name": "target", "observations": [' + b"[0.0, 0.0, 0.0, 0.0]," * 600_000 + b"]}"
