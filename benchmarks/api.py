@@ -31,7 +31,7 @@ from stable_baselines3.common.env_util import make_vec_env
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown  # noqa: E402
+from benchmarks.report import DEFAULT_MARKDOWN, write_section  # noqa: E402
 from grpo import GRPO  # noqa: E402
 from rewards import REWARD_FUNCTIONS  # noqa: E402
 
@@ -300,8 +300,7 @@ def run(duration: float, output: Path) -> str:
         server.terminate()
         server.wait(timeout=60)
     text = "\n".join(lines)
-    start, end = markers("service")
-    update_markdown(output, f"{start}\n{text}\n{end}", start, end)
+    write_section(output, "service", text)
     print(text)
     return text
 

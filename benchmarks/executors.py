@@ -24,7 +24,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from benchmarks.api import OBSERVATION, free_port, load, train, wait_for_job  # noqa: E402
-from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown  # noqa: E402
+from benchmarks.report import DEFAULT_MARKDOWN, write_section  # noqa: E402
 
 JOBS = 4
 CONCURRENCY = 4
@@ -103,8 +103,7 @@ def run(timesteps: int, duration: float, output: Path) -> str:
         "measured here, as this machine has no second node.",
     ]
     text = "\n".join(lines)
-    start, end = markers("ray")
-    update_markdown(output, f"{start}\n{text}\n{end}", start, end)
+    write_section(output, "ray", text)
     print(text)
     return text
 

@@ -21,3 +21,9 @@ def update_markdown(path: Path, section: str, start_mark: str, end_mark: str) ->
         raise ValueError(f"{path}: the markers {start_mark} / {end_mark} are unpaired or out of order")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+def write_section(path: Path, name: str, body: str) -> None:
+    """Write ``body`` as the section between ``name``'s markers."""
+    start, end = markers(name)
+    update_markdown(path, f"{start}\n{body}\n{end}", start, end)
