@@ -10,7 +10,7 @@ environment. The environment side (group-reset wrapper, forks) lives in ``envs.p
 
 import copy
 import warnings
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -30,19 +30,24 @@ from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
 
-from envs import (
-    EpisodeGroupMode,
-    GroupMode,
-    GroupResetWrapper,
-    Observation,
-    StateGroupMode,
-    env_observations,
-    obs_concat,
-    obs_map,
-)
+from buffers import GroupRolloutBuffer
+from envs import EpisodeGroupMode, GroupMode, GroupResetWrapper, Observation, StateGroupMode, env_observations
 from rewards import get_reward_function
 
-__all__ = ["GRPO", "GroupResetWrapper", "GroupRolloutBuffer"]
+__all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imported from here as well
+    "ADVANTAGE_MODES",
+    "GROUP_MODES",
+    "GRPO",
+    "SCALE_REWARDS",
+    "GroupResetWrapper",
+    "GroupRolloutBuffer",
+    "clipped_surrogate_loss",
+    "discounted_cumsum",
+    "k3_kl",
+    "outcome_advantages",
+    "process_advantages",
+    "timestep_advantages",
+]
 
 SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 
@@ -94,6 +99,13 @@ class _NoCritic:
             "GRPO trains no critic: its advantages come from group comparisons, so the policy has no value "
             "estimate. Use PPO or A2C if you need V(s)."
         )
+
+
+def frozen_copy(policy: BasePolicy) -> BasePolicy:
+    """A copy of ``policy`` that is never trained: the reference of the KL penalty."""
+    reference = copy.deepcopy(policy)
+    reference.set_training_mode(False)
+    return reference.requires_grad_(False)
 
 
 class GRPOPolicy(_NoCritic, ActorCriticPolicy):
@@ -264,16 +276,8 @@ def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_low: fl
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Rollout buffer: in-flight episodes until their whole group is done, then a flat training batch
+# Rewards: the env's, or the reward functions' on the env's own observations
 # --------------------------------------------------------------------------------------------------------------
-
-
-class GroupRolloutBufferSamples(NamedTuple):
-    observations: th.Tensor | TensorDict
-    actions: th.Tensor
-    old_log_prob: th.Tensor
-    advantages: th.Tensor
-    ref_log_prob: th.Tensor
 
 
 def _same_device(a: th.device, b: th.device) -> bool:
@@ -281,226 +285,90 @@ def _same_device(a: th.device, b: th.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-class GroupRolloutBuffer(RolloutBuffer):
-    """Rollout buffer for GRPO.
+def reward_functions(reward_function: Any) -> list[RewardFunction]:
+    """GRPO's ``reward_function`` argument as a list of callables (registry names looked up)."""
+    if reward_function is None:
+        return []
+    single = callable(reward_function) or isinstance(reward_function, str)
+    entries = [reward_function] if single else list(reward_function)
+    functions = [get_reward_function(entry) if isinstance(entry, str) else entry for entry in entries]
+    return [fn for fn in functions if fn is not None]  # the registry's "env": the environment's own reward
 
-    Steps are recorded per environment slot into the episode that slot is running. A group's data becomes
-    trainable only once all ``group_size`` of its episodes ended; until then (possibly across rollouts) it
-    stays in flight. :meth:`release_complete_groups` turns the finished groups into a flat batch, ordered by
-    episode and time, which :meth:`get` serves in shuffled mini-batches after the algorithm has filled in
-    ``rewards`` and ``advantages``.
 
-    In state mode a group is the branches tried from one state (:meth:`start_branch_group`), each branch an
-    episode recorded with :meth:`add_transitions`: its first step (the tried action) is the training sample,
-    its lookahead steps are kept only so that their rewards count in the branch's return.
+def score_transitions(
+    functions: Sequence[RewardFunction],
+    weights: Sequence[float] | None,
+    state: th.Tensor | TensorDict,
+    action: th.Tensor,
+    next_state: th.Tensor | TensorDict,
+) -> th.Tensor:
+    """The weighted sum of the reward functions, each called once on the whole batch (float64, shape [batch])."""
+    batch = len(action)
+    total = th.zeros(batch, device=action.device, dtype=th.float64)
+    with th.no_grad():
+        for fn, weight in zip(functions, weights or [1.0] * len(functions), strict=True):
+            total += weight * _checked_reward(fn, fn(state, action, next_state), batch, action.device)
+    return total
 
-    :param observation_space: Observation space
-    :param action_space: Action space
-    :param device: PyTorch device the training batch lives on
-    :param n_envs: Number of environment slots
-    :param group_size: Number of episodes in a group
-    :param store_next_obs: Also keep the environment's own observations and next observations (what reward
-        functions are called with)
-    """
 
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        device: th.device | str = "auto",
-        n_envs: int = 1,
-        group_size: int = 8,
-        store_next_obs: bool = False,
-    ):
-        self.group_size = group_size
-        self.store_next_obs = store_next_obs
-        # buffer_size is meaningless here: a batch is as long as its groups' episodes.
-        super().__init__(1, observation_space, action_space, device=device, n_envs=n_envs)
-        self.clear_in_flight()
-
-    def reset(self) -> None:
-        """Drop the training batch (in-flight episodes are kept)."""
-        self.size = 0
-        self.observations: Observation | None = None
-        self.env_observations: Observation | None = None  # as the env made them (reward functions)
-        self.next_observations: Observation | None = None  # the env's own too
-        self.actions = np.zeros((0, self.action_dim), dtype=np.float32)
-        self.env_rewards = np.zeros(0, dtype=np.float32)
-        self.log_probs = np.zeros(0, dtype=np.float32)
-        self.rewards = np.zeros(0, dtype=np.float32)
-        self.advantages = np.zeros(0, dtype=np.float32)
-        self.ref_log_probs: np.ndarray | None = None
-        self.episodes = np.zeros(0, dtype=np.int64)
-        self.episode_groups = np.zeros(0, dtype=np.int64)
-        self.trainable = np.zeros(0, dtype=bool)
-        self.full = False
-        self.generator_ready = False
-
-    def clear_in_flight(self) -> None:
-        """Forget unfinished episodes, e.g. when the environment is reset under them."""
-        self._chunks: dict[str, list[Any]] = {key: [] for key in self._chunk_keys()}
-        self._next_episode_id = 0
-        self._slot_episode = np.full(self.n_envs, -1, dtype=np.int64)
-        self._episode_group: dict[int, int] = {}
-        self._episode_length: dict[int, int] = {}
-        self._group_members: dict[int, int] = {}
-        self._group_done: dict[int, int] = {}
-        self._group_steps: dict[int, int] = {}
-        self._next_branch_group = -1  # branch groups count down from -1, episode groups up from 0
-        self.ready_steps = 0
-
-    @staticmethod
-    def _chunk_keys() -> tuple[str, ...]:
-        return ("obs", "env_obs", "next_obs", "actions", "env_rewards", "log_probs", "episodes", "steps", "trainable")
-
-    def _open_episode(self, group: int, members: int) -> int:
-        episode = self._next_episode_id
-        self._next_episode_id += 1
-        self._episode_group[episode] = group
-        self._episode_length[episode] = 0
-        self._group_members.setdefault(group, members)
-        self._group_done.setdefault(group, 0)
-        self._group_steps.setdefault(group, 0)
-        return episode
-
-    def start_episode(self, slot: int, group: int) -> None:
-        """The slot starts an episode of ``group`` (one of ``group_size`` episodes reset with the same seed)."""
-        self._slot_episode[slot] = self._open_episode(group, self.group_size)
-
-    def has_open_episodes(self) -> bool:
-        """Whether every slot is running an episode this buffer knows (not the case after a load or reset)."""
-        return bool((self._slot_episode >= 0).all())
-
-    def start_branch_group(self, members: int) -> np.ndarray:
-        """Open a group of ``members`` branches tried from one state (state mode); returns their episode ids."""
-        group = self._next_branch_group
-        self._next_branch_group -= 1
-        return np.array([self._open_episode(group, members) for _ in range(members)], dtype=np.int64)
-
-    def add(  # type: ignore[override]
-        self,
-        obs: Observation,
-        action: np.ndarray,
-        reward: np.ndarray,
-        log_prob: th.Tensor,
-        env_obs: Observation | None = None,
-        next_obs: Observation | None = None,
-    ) -> None:
-        """Record one VecEnv step (one transition per slot); ``env_obs``/``next_obs``: the env's own."""
-        self.add_transitions(self._slot_episode.copy(), obs, action, reward, log_prob, env_obs, next_obs)
-
-    def add_transitions(
-        self,
-        episodes: np.ndarray,
-        obs: Observation,
-        action: np.ndarray,
-        reward: np.ndarray,
-        log_prob: th.Tensor,
-        env_obs: Observation | None = None,
-        next_obs: Observation | None = None,
-        trainable: bool = True,
-    ) -> None:
-        """Record one transition for each of ``episodes``; ``trainable=False`` rows only contribute rewards."""
-        n = len(episodes)
-        steps = np.array([self._episode_length[e] for e in episodes], dtype=np.int64)
-        for episode in episodes:
-            self._episode_length[episode] += 1
-        chunk = {
-            "obs": obs_map(np.copy, obs),
-            "env_obs": obs_map(np.copy, env_obs) if self.store_next_obs and env_obs is not None else None,
-            "next_obs": obs_map(np.copy, next_obs) if self.store_next_obs and next_obs is not None else None,
-            "actions": np.asarray(action).reshape(n, self.action_dim).astype(np.float32),
-            "env_rewards": np.asarray(reward, dtype=np.float32).reshape(n),
-            "log_probs": log_prob.detach().cpu().numpy().reshape(n).astype(np.float32),
-            "episodes": episodes,
-            "steps": steps,
-            "trainable": np.full(n, trainable),
-        }
-        for key, value in chunk.items():
-            self._chunks[key].append(value)
-
-    def finish_episode(self, slot: int) -> None:
-        self.finish_episodes([int(self._slot_episode[slot])])
-
-    def finish_episodes(self, episodes: Sequence[int] | np.ndarray) -> None:
-        for episode in episodes:
-            group = self._episode_group[episode]
-            self._group_done[group] += 1
-            self._group_steps[group] += self._episode_length[episode]
-            if self._group_done[group] == self._group_members[group]:
-                self.ready_steps += self._group_steps[group]
-
-    def release_complete_groups(self) -> None:
-        """Move every complete group into the training batch; keep the rest in flight."""
-        self.reset()
-        complete = {g for g, done in self._group_done.items() if done == self._group_members[g]}
-        if not complete or not self._chunks["episodes"]:
-            return
-        episodes = np.concatenate(self._chunks["episodes"])
-        steps = np.concatenate(self._chunks["steps"])
-        groups = np.array([self._episode_group[e] for e in episodes])
-        ready = np.isin(groups, list(complete))
-        # Group by episode, then by time inside each episode.
-        order = np.flatnonzero(ready)[np.lexsort((steps[ready], episodes[ready]))]
-        keep = np.flatnonzero(~ready)
-
-        flat = {
-            key: (obs_concat(chunks) if key in ("obs", "env_obs", "next_obs") else np.concatenate(chunks))
-            for key, chunks in self._chunks.items()
-            if chunks and chunks[0] is not None
-        }
-        take = {key: obs_map(lambda a, idx=order: a[idx], value) for key, value in flat.items()}
-        self._chunks = {key: [] for key in self._chunk_keys()}
-        if len(keep):
-            for key in self._chunk_keys():
-                self._chunks[key].append(obs_map(lambda a, idx=keep: a[idx], flat[key]) if key in flat else None)
-
-        # Dense ids for the released episodes and groups, as the advantage functions expect.
-        _, self.episodes = np.unique(take["episodes"], return_inverse=True)
-        released_episodes = np.unique(take["episodes"])
-        _, self.episode_groups = np.unique([self._episode_group[e] for e in released_episodes], return_inverse=True)
-        for episode in released_episodes:
-            del self._episode_group[episode], self._episode_length[episode]
-        for group in complete:
-            del self._group_members[group], self._group_done[group], self._group_steps[group]
-        self.ready_steps = 0
-
-        self.observations = take["obs"]
-        self.env_observations = take.get("env_obs")
-        self.next_observations = take.get("next_obs")
-        self.actions = take["actions"]
-        self.env_rewards = take["env_rewards"]
-        self.log_probs = take["log_probs"]
-        self.trainable = take["trainable"]
-        self.size = len(order)
-        self.full = True
-
-    @property
-    def n_groups(self) -> int:
-        return int(self.episode_groups.max()) + 1 if self.size else 0
-
-    def observation_tensor(self, indices: np.ndarray | slice | None = None) -> th.Tensor | TensorDict:
-        assert self.observations is not None
-        index = slice(None) if indices is None else indices
-        return obs_as_tensor(obs_map(lambda a: a[index], self.observations), self.device)
-
-    def get(self, batch_size: int | None = None) -> Generator[GroupRolloutBufferSamples, None, None]:  # type: ignore[override]
-        """Shuffled mini-batches of the trainable rows (every row, except a branch's lookahead steps)."""
-        assert self.full, "release_complete_groups() first"
-        indices = np.random.permutation(np.flatnonzero(self.trainable))
-        batch_size = batch_size or len(indices)
-        for start in range(0, len(indices), batch_size):
-            yield self._get_samples(indices[start : start + batch_size])
-
-    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> GroupRolloutBufferSamples:  # type: ignore[override]
-        ref = self.ref_log_probs if self.ref_log_probs is not None else self.log_probs
-        return GroupRolloutBufferSamples(
-            observations=self.observation_tensor(batch_inds),
-            actions=self.to_torch(self.actions[batch_inds]),
-            old_log_prob=self.to_torch(self.log_probs[batch_inds]),
-            advantages=self.to_torch(self.advantages[batch_inds]),
-            ref_log_prob=self.to_torch(ref[batch_inds]),
+def _checked_reward(fn: RewardFunction, reward: Any, batch: int, device: th.device) -> th.Tensor:
+    name = getattr(fn, "__name__", repr(fn))
+    if not isinstance(reward, th.Tensor):
+        raise ValueError(f"reward function {name!r} returned {type(reward).__name__}, expected a torch.Tensor")
+    if tuple(reward.shape) not in ((batch, 1), (batch,)):
+        raise ValueError(
+            f"reward function {name!r} returned shape {tuple(reward.shape)}, expected ({batch}, 1) "
+            "(one reward per transition)"
         )
+    if not reward.is_floating_point():
+        raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
+    if not _same_device(reward.device, device):
+        raise ValueError(
+            f"reward function {name!r} returned a tensor on {reward.device}, expected {device} "
+            "(build it from the inputs, which are already there)"
+        )
+    if not th.isfinite(reward).all():
+        raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
+    return reward.reshape(batch).to(th.float64)
+
+
+def _check_arguments(self: "GRPO") -> None:
+    """Fail at construction (and at load, on the overrides given there) with what to change."""
+    if self.group_size < 2:
+        raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
+    if self.advantage not in ADVANTAGE_MODES:
+        raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
+    if self.group_mode not in GROUP_MODES:
+        raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
+    if self.branch_interval < 1 or self.lookahead < 0:
+        raise ValueError(
+            f"branch_interval must be positive and lookahead non-negative, got {self.branch_interval} "
+            f"and {self.lookahead}"
+        )
+    if self.group_mode == "state" and self.advantage != "outcome":
+        raise ValueError(
+            f"group_mode='state' judges each tried action by its branch's return (advantage='outcome'), "
+            f"got advantage={self.advantage!r}"
+        )
+    if self.group_mode == "state" and self.use_sde:
+        raise ValueError(
+            "group_mode='state' cannot use gSDE: its exploration noise is fixed for a state, so the actions "
+            "tried there would all be the same"
+        )
+    if self.scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+    if self.n_steps < 1 or self.batch_size < 1 or self.n_epochs < 1:
+        raise ValueError("n_steps, batch_size and n_epochs must all be positive")
+    if self.beta < 0:
+        raise ValueError(f"beta must be non-negative, got {self.beta}")
+    if self.ref_update_interval is not None and self.ref_update_interval < 1:
+        raise ValueError(f"ref_update_interval must be positive or None, got {self.ref_update_interval}")
+    functions = reward_functions(self.reward_function)  # names are looked up here: an unknown one fails now
+    for fn in functions:
+        if not callable(fn):
+            raise ValueError(f"reward_function entries must be callable or registry names, got {fn!r}")
+    if self.reward_weights is not None and len(self.reward_weights) != len(functions):
+        raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(functions)} reward functions")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -513,24 +381,14 @@ class GRPO(OnPolicyAlgorithm):
     Group Relative Policy Optimization (GRPO), critic-free.
 
     Paper: DeepSeekMath, https://arxiv.org/abs/2402.03300; clip-higher from DAPO, https://arxiv.org/abs/2503.14476;
-    unscaled advantages from Dr. GRPO, https://arxiv.org/abs/2503.20783.
-    Each group is ``group_size`` episodes started from the same state (one reset seed); each episode is judged
-    against its own group. Groups are spread over the VecEnv's slots: whenever a slot's episode ends, the
-    slot starts the next episode of the oldest group that still needs members.
-
-    With ``group_mode="state"`` a group is instead a set of actions tried from one state, as TRPO's "vine"
-    sampling does (Schulman et al. 2015, https://arxiv.org/abs/1502.05477): along the real trajectory, every
-    ``branch_interval``-th state of each slot is forked, each action is stepped in its own copy of the
-    environment, which then follows the current policy for ``lookahead`` more steps; an action's advantage is
-    its branch's discounted return z-scored within the group. The real trajectory only visits states: it is
-    neither disturbed by the branches nor trained on. ``num_timesteps`` counts real steps, ``num_branch_steps``
-    the branches' steps.
+    unscaled advantages from Dr. GRPO, https://arxiv.org/abs/2503.20783; branching as TRPO's "vine" sampling,
+    https://arxiv.org/abs/1502.05477. Each group is ``group_size`` episodes started from the same state (one reset
+    seed), or (``group_mode="state"``) the actions tried from one state of the real trajectory, each in a fork of
+    the env that then follows the policy for ``lookahead`` steps; each member is judged against its own group.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
-    :param env: The environment to learn from (if registered in Gym, can be str). A ``DummyVecEnv`` of any size
-        works as is; a ``SubprocVecEnv`` must wrap its envs in :class:`GroupResetWrapper` (episode mode) and
-        cannot be used in state mode, whose sub-environments must be deep-copyable or offer
-        ``get_state()``/``set_state(state)`` on their unwrapped env
+    :param env: The environment to learn from (if registered in Gym, can be str). A ``SubprocVecEnv`` must wrap
+        its envs in :class:`GroupResetWrapper`; state mode needs a ``DummyVecEnv`` of forkable envs (README)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param n_steps: Episode mode: minimum number of steps per environment slot in one update, a rollout goes on
         until the complete groups hold at least ``n_steps * n_envs`` steps (or the budget is spent). State mode:
@@ -545,16 +403,12 @@ class GRPO(OnPolicyAlgorithm):
         group is a set of actions tried from one state of the real trajectory, each in a fork of the env
     :param branch_interval: State mode: branch at every this many-th state of each slot's episode (from its
         first state)
-    :param lookahead: State mode: steps each branch follows the current policy after its tried action (it stops
-        earlier at termination or truncation). The default, 4, suits physical control, where an action moves
-        velocities first and positions a step later (README, "Lookahead"). Each branch point costs up to
-        ``1 + lookahead`` steps per tried action
+    :param lookahead: State mode: steps each branch follows the current policy after its tried action (fewer if
+        it ends); 4 suits physical control, where an action moves positions only a step later (README)
     :param gamma: Discount factor of the returns that are compared within a group
-    :param advantage: ``"timestep"``: a step's return-to-go against its group's return-to-go at the same step
-        index (a per-timestep group baseline); ``"outcome"``: an episode's return, normalised in its group, for
-        all its steps (DeepSeekMath); ``"process"``: step rewards normalised in the group, advantage = their
-        return-to-go (DeepSeekMath). ``None``: ``"timestep"`` in episode mode, ``"outcome"`` in state mode (the
-        only one there: each branch is an "episode" whose return judges its first action)
+    :param advantage: ``"timestep"`` (per-timestep group baseline), ``"outcome"`` or ``"process"`` (DeepSeekMath),
+        see the advantage functions. ``None``: ``"timestep"`` in episode mode, ``"outcome"`` (the only one) in
+        state mode
     :param scale_rewards: Divide by the std of the ``"group"`` (DeepSeekMath), of the whole ``"batch"``, or
         ``"none"`` (Dr. GRPO)
     :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
@@ -664,7 +518,7 @@ class GRPO(OnPolicyAlgorithm):
             self._setup_model()
 
     def _setup_model(self) -> None:
-        self._check_arguments()  # here, so that GRPO.load(..., **kwargs) checks its overrides too
+        _check_arguments(self)  # here, so that GRPO.load(..., **kwargs) checks its overrides too
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(  # type: ignore[assignment]
@@ -678,67 +532,19 @@ class GRPO(OnPolicyAlgorithm):
             device=self.device,
             n_envs=self.n_envs,
             group_size=self.group_size,
-            store_next_obs=bool(self._reward_functions()),
+            store_next_obs=bool(reward_functions(self.reward_function)),
         )
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_high is not None:
             self.clip_range_high = FloatSchedule(self.clip_range_high)
-        self.ref_policy = self._make_reference()
+        self.ref_policy = None if self.beta == 0 else frozen_copy(self.policy)
         # The one place where the two group modes differ: how the env is driven to fill groups.
         self.groups: GroupMode = StateGroupMode(self) if self.group_mode == "state" else EpisodeGroupMode(self)
         self._last_env_obs: Observation | None = None  # _last_obs as the env made it, for reward functions
         if self.env is not None:
             self.groups.prepare_env(self.env)
 
-    def _check_arguments(self) -> None:
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
-        if self.advantage not in ADVANTAGE_MODES:
-            raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
-        if self.group_mode not in GROUP_MODES:
-            raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
-        if self.branch_interval < 1 or self.lookahead < 0:
-            raise ValueError(
-                f"branch_interval must be positive and lookahead non-negative, got {self.branch_interval} "
-                f"and {self.lookahead}"
-            )
-        if self.group_mode == "state" and self.advantage != "outcome":
-            raise ValueError(
-                f"group_mode='state' judges each tried action by its branch's return (advantage='outcome'), "
-                f"got advantage={self.advantage!r}"
-            )
-        if self.group_mode == "state" and self.use_sde:
-            raise ValueError(
-                "group_mode='state' cannot use gSDE: its exploration noise is fixed for a state, so the actions "
-                "tried there would all be the same"
-            )
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
-        if self.n_steps < 1 or self.batch_size < 1 or self.n_epochs < 1:
-            raise ValueError("n_steps, batch_size and n_epochs must all be positive")
-        if self.beta < 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
-        if self.ref_update_interval is not None and self.ref_update_interval < 1:
-            raise ValueError(f"ref_update_interval must be positive or None, got {self.ref_update_interval}")
-        functions = self._reward_functions()  # names are looked up here: an unknown one fails now
-        for fn in functions:
-            if not callable(fn):
-                raise ValueError(f"reward_function entries must be callable or registry names, got {fn!r}")
-        if self.reward_weights is not None and len(self.reward_weights) != len(functions):
-            raise ValueError(
-                f"reward_weights has {len(self.reward_weights)} entries for {len(functions)} reward functions"
-            )
-
-    def _make_reference(self) -> BasePolicy | None:
-        if self.beta == 0:
-            return None
-        reference = copy.deepcopy(self.policy)
-        reference.set_training_mode(False)
-        reference.requires_grad_(False)
-        return reference
-
-    def _excluded_save_params(self) -> list[str]:
-        # The reference policy is rebuilt from the trained policy on load, the group mode from group_mode.
+    def _excluded_save_params(self) -> list[str]:  # all three are rebuilt on load
         return [*super()._excluded_save_params(), "ref_policy", "groups", "_last_env_obs"]
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
@@ -784,8 +590,7 @@ class GRPO(OnPolicyAlgorithm):
         rollout_buffer: RolloutBuffer,
         n_rollout_steps: int,
     ) -> bool:
-        """Step the envs until complete groups hold ``n_rollout_steps * n_envs`` steps (state mode: for
-        ``n_rollout_steps`` real steps, branching along the way), or until the budget is spent; then score the
+        """Step the envs until the group mode says the rollout is full or the budget is spent, then score the
         complete groups and compute their group-relative advantages."""
         assert self._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, GroupRolloutBuffer)
@@ -842,54 +647,21 @@ class GRPO(OnPolicyAlgorithm):
             return np.clip(actions, self.action_space.low, self.action_space.high)
         return actions
 
-    def _reward_functions(self) -> list[RewardFunction]:
-        if self.reward_function is None:
-            return []
-        single = callable(self.reward_function) or isinstance(self.reward_function, str)
-        entries = [self.reward_function] if single else list(self.reward_function)  # type: ignore[arg-type]
-        functions = [get_reward_function(entry) if isinstance(entry, str) else entry for entry in entries]
-        return [fn for fn in functions if fn is not None]  # the registry's "env": the environment's own reward
-
     def _compute_rewards(self, buffer: GroupRolloutBuffer) -> np.ndarray:
         """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
-        functions = self._reward_functions()
+        functions = reward_functions(self.reward_function)
         if not functions:
             return buffer.env_rewards.astype(np.float64)
         assert buffer.env_observations is not None and buffer.next_observations is not None
-        state = obs_as_tensor(buffer.env_observations, self.device)
-        next_state = obs_as_tensor(buffer.next_observations, self.device)
         env_actions = self._env_actions(buffer.actions)
         if isinstance(self.action_space, spaces.Discrete):
             env_actions = env_actions.reshape(-1)
         action = th.as_tensor(env_actions, device=self.device)
         if isinstance(self.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
             action = action.long()
-        weights = self.reward_weights or [1.0] * len(functions)
-        total = th.zeros(buffer.size, device=self.device, dtype=th.float64)
-        with th.no_grad():
-            for fn, weight in zip(functions, weights, strict=True):
-                total += weight * self._checked_reward(fn, fn(state, action, next_state), buffer.size)
-        return total.cpu().numpy()
-
-    def _checked_reward(self, fn: RewardFunction, reward: Any, batch: int) -> th.Tensor:
-        name = getattr(fn, "__name__", repr(fn))
-        if not isinstance(reward, th.Tensor):
-            raise ValueError(f"reward function {name!r} returned {type(reward).__name__}, expected a torch.Tensor")
-        if tuple(reward.shape) not in ((batch, 1), (batch,)):
-            raise ValueError(
-                f"reward function {name!r} returned shape {tuple(reward.shape)}, expected ({batch}, 1) "
-                "(one reward per transition)"
-            )
-        if not reward.is_floating_point():
-            raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
-        if not _same_device(reward.device, self.device):
-            raise ValueError(
-                f"reward function {name!r} returned a tensor on {reward.device}, expected {self.device} "
-                "(build it from the inputs, which are already there)"
-            )
-        if not th.isfinite(reward).all():
-            raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
-        return reward.reshape(batch).to(th.float64)
+        state = obs_as_tensor(buffer.env_observations, self.device)
+        next_state = obs_as_tensor(buffer.next_observations, self.device)
+        return score_transitions(functions, self.reward_weights, state, action, next_state).cpu().numpy()
 
     def _compute_advantages(self, buffer: GroupRolloutBuffer) -> None:
         buffer.rewards = self._compute_rewards(buffer)
@@ -898,31 +670,17 @@ class GRPO(OnPolicyAlgorithm):
         )
         buffer.advantages = advantages.astype(np.float32)
         if self.ref_policy is not None:
-            buffer.ref_log_probs = self._log_probs_of(self.ref_policy, buffer)
+            buffer.ref_log_probs = buffer.log_probs_under(self.ref_policy, self._policy_actions)
         self.logger.record("rollout/groups", stats.n_groups)
         self.logger.record("rollout/zero_std_groups", stats.zero_std_groups)
         self.logger.record("rollout/frac_zero_std_groups", stats.zero_std_groups / max(stats.n_groups, 1))
         self.logger.record("rollout/group_steps", buffer.size)
         self.logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
 
-    def _log_probs_of(self, policy: BasePolicy, buffer: GroupRolloutBuffer) -> np.ndarray:
-        """Log-probabilities of the trainable rows' actions under ``policy`` (other rows keep the behaviour's)."""
-        out = buffer.log_probs.copy()
-        rows = np.flatnonzero(buffer.trainable)
-        with th.no_grad():
-            for start in range(0, len(rows), 4096):
-                idx = rows[start : start + 4096]
-                dist = policy.get_distribution(buffer.observation_tensor(idx))  # type: ignore[operator]
-                actions = self._policy_actions(buffer.to_torch(buffer.actions[idx]))
-                out[idx] = dist.log_prob(actions).cpu().numpy()
-        return out
-
     def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
         if isinstance(self.action_space, spaces.Discrete):
             return actions.long().flatten()
         return actions
-
-    # ------------------------------------------------------------------------------------------- training --
 
     def train(self) -> None:
         """Update the policy on the released groups with the clipped surrogate loss (+ k3 KL penalty)."""
@@ -932,11 +690,9 @@ class GRPO(OnPolicyAlgorithm):
             return
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        clip_low = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
-        clip_high = (
-            clip_low if self.clip_range_high is None else self.clip_range_high(self._current_progress_remaining)  # type: ignore[operator]
-        )
-
+        progress = self._current_progress_remaining
+        clip_low = self.clip_range(progress)  # type: ignore[operator]
+        clip_high = clip_low if self.clip_range_high is None else self.clip_range_high(progress)  # type: ignore[operator]
         pg_losses, entropy_losses, kl_refs, clip_fractions, approx_kl_divs = [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
@@ -1012,14 +768,8 @@ class GRPO(OnPolicyAlgorithm):
         progress_bar: bool = False,
     ) -> SelfGRPO:
         try:
-            return super().learn(
-                total_timesteps=total_timesteps,
-                callback=callback,
-                log_interval=log_interval,
-                tb_log_name=tb_log_name,
-                reset_num_timesteps=reset_num_timesteps,
-                progress_bar=progress_bar,
-            )
+            args = (total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+            return super().learn(*args)
         finally:
             if self.env is not None:  # also when a callback stopped training or an error ends it
                 self.groups.pause(self.env)

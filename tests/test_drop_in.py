@@ -11,7 +11,7 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnvBox
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from grpo import GRPO
+from grpo import GRPO, reward_functions
 from rewards import REWARD_FUNCTIONS
 
 TINY = dict(n_steps=16, group_size=2, n_epochs=1, batch_size=32)
@@ -41,7 +41,7 @@ def test_load_checks_its_arguments(tmp_path, kwargs, message):
 def test_a_reward_function_can_be_named_by_its_registry_name():
     """Issue 16, defect 6."""
     model = GRPO("MlpPolicy", "CartPole-v1", reward_function="optimized_cartpole", seed=0, **TINY)
-    assert model._reward_functions() == [REWARD_FUNCTIONS["optimized_cartpole"]]
+    assert reward_functions(model.reward_function) == [REWARD_FUNCTIONS["optimized_cartpole"]]
     model.learn(64)
     with pytest.raises(ValueError, match=r"'no_such_reward'.*optimized_cartpole"):
         GRPO("MlpPolicy", "CartPole-v1", reward_function="no_such_reward")
