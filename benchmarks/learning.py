@@ -48,40 +48,33 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
-from torch import nn
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
+import presets
 from benchmarks.hyperparams import HYPERPARAMS
 from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown
 from grpo import GRPO
-from rewards import REWARD_FUNCTIONS
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO}
 ALGO_LABELS = {"grpo": "GRPO", "ppo": "PPO (zoo)", "grpo_state": "GRPO, branching (state mode)"}
 ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2"}
 
 
-def acrobot_height(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
-    """Acrobot: height of the tip above the pivot, -cos(a1) - cos(a1 + a2), from the observation
-    [cos a1, sin a1, cos a2, sin a2, da1, da2]; the goal line is at 1."""
-    cos1, sin1, cos2, sin2 = next_state[:, 0], next_state[:, 1], next_state[:, 2], next_state[:, 3]
-    return (-cos1 - (cos1 * cos2 - sin1 * sin2)).unsqueeze(-1)
-
-
-# Reward functions the hyperparameters may name: the service's registry, plus the benchmark's own. Branching
-# mode needs a reward that tells actions apart within its lookahead; Acrobot's -1 per step does not (see
-# GRPO_STATE in benchmarks/hyperparams.py).
-BENCHMARK_REWARDS = {**REWARD_FUNCTIONS, "acrobot_height": acrobot_height}
-
+# What a plain run covers; the others (MountainCar, box2d's continuous lander, MuJoCo) are asked for by --envs.
+DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "LunarLander-v3")
 # Mean eval return that counts as solved.
 THRESHOLDS: dict[str, float] = {
     "CartPole-v1": 475.0,
     "Acrobot-v1": -100.0,
     "Pendulum-v1": -200.0,
     "LunarLander-v3": 200.0,
+    "MountainCar-v0": -110.0,
+    "MountainCarContinuous-v0": 90.0,
+    "LunarLanderContinuous-v3": 200.0,
+    # MuJoCo has no "solved" line; these are about what PPO with the zoo's settings reaches in 1M steps.
+    "Hopper-v5": 2500.0,
+    "HalfCheetah-v5": 3000.0,
 }
 # Default env-step budgets, sized for a 2-core CPU.
 BUDGETS: dict[str, int] = {
@@ -89,6 +82,11 @@ BUDGETS: dict[str, int] = {
     "Acrobot-v1": 100_000,
     "Pendulum-v1": 100_000,
     "LunarLander-v3": 300_000,
+    "MountainCar-v0": 100_000,
+    "MountainCarContinuous-v0": 50_000,
+    "LunarLanderContinuous-v3": 300_000,
+    "Hopper-v5": 1_000_000,
+    "HalfCheetah-v5": 1_000_000,
 }
 # rl-baselines3-zoo's own `n_timesteps` (ppo.yml), quoted in the docs next to ours.
 ZOO_BUDGETS: dict[str, int] = {
@@ -96,13 +94,33 @@ ZOO_BUDGETS: dict[str, int] = {
     "Acrobot-v1": 1_000_000,
     "Pendulum-v1": 100_000,
     "LunarLander-v3": 1_000_000,
+    "MountainCar-v0": 1_000_000,
+    "MountainCarContinuous-v0": 20_000,
+    "LunarLanderContinuous-v3": 1_000_000,
+    "Hopper-v5": 1_000_000,
+    "HalfCheetah-v5": 1_000_000,
 }
-EVAL_EVERY: dict[str, int] = {"CartPole-v1": 2_500, "Acrobot-v1": 5_000, "Pendulum-v1": 5_000, "LunarLander-v3": 10_000}
+EVAL_EVERY: dict[str, int] = {
+    "CartPole-v1": 2_500,
+    "Acrobot-v1": 5_000,
+    "Pendulum-v1": 5_000,
+    "LunarLander-v3": 10_000,
+    "MountainCar-v0": 5_000,
+    "MountainCarContinuous-v0": 2_500,
+    "LunarLanderContinuous-v3": 10_000,
+    "Hopper-v5": 50_000,
+    "HalfCheetah-v5": 50_000,
+}
 SEEDS: dict[str, tuple[int, ...]] = {
     "CartPole-v1": (0, 1, 2),
     "Acrobot-v1": (0, 1, 2),
     "Pendulum-v1": (0, 1, 2),
     "LunarLander-v3": (0,),
+    "MountainCar-v0": (0, 1, 2),
+    "MountainCarContinuous-v0": (0, 1, 2),
+    "LunarLanderContinuous-v3": (0,),
+    "Hopper-v5": (0,),
+    "HalfCheetah-v5": (0,),
 }
 # Eval episode i starts from reset seed EVAL_SEED + i, for every run and every evaluation.
 EVAL_EPISODES = 10
@@ -130,33 +148,18 @@ class ModelSetup:
 
 
 def model_setup(hyperparams: dict[str, Any]) -> ModelSetup:
-    """Translate a zoo-style entry of ``benchmarks/hyperparams.py`` as rl-baselines3-zoo's ExperimentManager does."""
-    kwargs = dict(hyperparams)
-    n_envs = kwargs.pop("n_envs", 1)
-    normalize = kwargs.pop("normalize", False)
-    vec_normalize = None
-    if normalize:
-        vec_normalize = {} if normalize is True else dict(normalize)
-        if "gamma" in kwargs:
-            vec_normalize["gamma"] = kwargs["gamma"]  # the zoo discounts VecNormalize's returns like the algorithm
-    for key, value in kwargs.items():
-        if isinstance(value, str) and value.startswith("lin_"):
-            kwargs[key] = LinearSchedule(float(value.removeprefix("lin_")), 0.0, 1.0)
-    if isinstance(kwargs.get("reward_function"), str):
-        kwargs["reward_function"] = BENCHMARK_REWARDS[kwargs["reward_function"]]
-    if isinstance(kwargs.get("policy_kwargs"), str):
-        # The zoo writes policy_kwargs as Python source, e.g. "dict(activation_fn=nn.ReLU, net_arch=[64])".
-        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {"dict": dict}, "nn": nn})
-    return ModelSetup(n_envs=n_envs, normalize=vec_normalize, kwargs=kwargs)
+    """Translate a zoo-style entry of ``benchmarks/hyperparams.py`` as rl-baselines3-zoo's ExperimentManager does,
+    through the loader of GRPO's presets."""
+    preset = presets.Preset("", hyperparams)
+    kwargs = preset.algorithm_kwargs()
+    kwargs.pop("n_timesteps", None)  # the budget is the benchmark's
+    return ModelSetup(n_envs=preset.n_envs, normalize=preset.normalize, kwargs=kwargs)
 
 
 def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | None, evaluation: bool = False) -> VecEnv:
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    if normalize is None:
-        return env
-    if evaluation:  # statistics come from the training env; returns are reported unnormalised
+    if normalize is not None and evaluation:  # statistics come from the training env; returns are reported as is
         normalize = {**normalize, "training": False, "norm_reward": False}
-    return VecNormalize(env, **normalize)
+    return presets.make_env(env_id, n_envs, seed, normalize)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -831,7 +834,9 @@ def resolve(defaults: dict[str, int], overrides: Sequence[tuple[str | None, int]
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", choices=list(THRESHOLDS), help="default: all four (quick: CartPole-v1)")
+    parser.add_argument(
+        "--envs", nargs="+", choices=list(THRESHOLDS), help=f"default: {' '.join(DEFAULT_ENVS)} (quick: CartPole-v1)"
+    )
     parser.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
     parser.add_argument("--seeds", nargs="+", type=int, help="for every env (default: 0 1 2, LunarLander 0)")
     parser.add_argument(
@@ -878,7 +883,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    envs = args.envs or (["CartPole-v1"] if args.quick else list(THRESHOLDS))
+    envs = args.envs or (["CartPole-v1"] if args.quick else list(DEFAULT_ENVS))
     if args.quick:
         budgets = resolve(dict.fromkeys(THRESHOLDS, QUICK_BUDGET), args.budget)
         eval_every = resolve(dict.fromkeys(THRESHOLDS, QUICK_EVAL_EVERY), args.eval_every)
