@@ -107,13 +107,18 @@ class TrainedModel:
         return self.model.predict(self.normalize(observation), state, episode_start, deterministic)
 
     def wrap(self, venv: VecEnv, training: bool) -> VecEnv:
-        """``venv`` under the saved statistics (as ``VecNormalize.load`` does): updating them as training goes on,
-        or frozen to evaluate; ``venv`` itself when the model has no normalisation."""
-        if self.normalizer_bytes is None:
-            return venv
-        normalizer = unpickle_normalizer(self.normalizer_bytes, training)
-        normalizer.set_venv(venv)
-        return normalizer
+        """``venv`` under the model's statistics (see :func:`wrap`)."""
+        return wrap(venv, self.normalizer_bytes, training)
+
+
+def wrap(venv: VecEnv, normalizer: bytes | None, training: bool) -> VecEnv:
+    """``venv`` under saved statistics (as ``VecNormalize.load`` does): updating them as training goes on, or frozen
+    to evaluate; ``venv`` itself when there are none."""
+    if normalizer is None:
+        return venv
+    wrapper = unpickle_normalizer(normalizer, training)
+    wrapper.set_venv(venv)
+    return wrapper
 
 
 def load_trained(source: Source, device: str = "auto", **kwargs: Any) -> TrainedModel:

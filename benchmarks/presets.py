@@ -102,12 +102,12 @@ def main(argv: list[str] | None = None) -> None:
 
     book = presets.read()
     runs = [
-        (env_id, seed, TARGETS[env_id][0] or book[env_id].n_timesteps or 0) for env_id in args.envs for seed in args.seeds
+        (env_id, seed, TARGETS[env_id][0] or book[env_id].n_timesteps or 0)
+        for env_id in args.envs
+        for seed in args.seeds
     ]
     with tempfile.TemporaryDirectory() as folder:
-        server = Server(
-            Path(folder), free_port(), "--max-concurrent-jobs", str(args.workers), "--log-level", "warning"
-        )
+        server = Server(Path(folder), free_port(), "--max-concurrent-jobs", str(args.workers), "--log-level", "warning")
         server.start()
         try:
             with ThreadPoolExecutor(args.workers) as pool:
