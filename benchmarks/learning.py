@@ -47,7 +47,7 @@ import stable_baselines3
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
 from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
@@ -174,6 +174,7 @@ class Job:
     seed: int
     budget: int
     eval_every: int
+    max_seconds: float | None = None  # a wall-clock cap on training; the run then ends short of its budget
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,24 @@ class IntervalEvaluation(BaseCallback):
         self.seconds += time.perf_counter() - start
 
 
+class WallClockLimit(BaseCallback):
+    """Stops training once ``max_seconds`` have passed since it began (None: never)."""
+
+    def __init__(self, max_seconds: float | None):
+        super().__init__()
+        self.max_seconds = max_seconds
+        self.reached = False
+        self._deadline = math.inf
+
+    def _on_training_start(self) -> None:
+        if self.max_seconds is not None:
+            self._deadline = time.monotonic() + self.max_seconds
+
+    def _on_step(self) -> bool:
+        self.reached = time.monotonic() > self._deadline
+        return not self.reached
+
+
 def threshold_point(points: Sequence[EvalPoint], threshold: float) -> EvalPoint | None:
     """The first eval at or above ``threshold``; the untrained policy (mark 0) is drawn but never counts."""
     return next((p for p in points if p.timesteps > 0 and p.mean_return >= threshold), None)
@@ -258,11 +277,14 @@ def run_one(job: Job) -> RunResult:
     eval_env = make_env(job.env_id, EVAL_EPISODES, EVAL_SEED, setup.normalize, evaluation=True)
     model = ALGORITHMS[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", **setup.kwargs)
     evaluation = IntervalEvaluation(eval_env, eval_marks(job.budget, job.eval_every))
+    deadline = WallClockLimit(job.max_seconds)
 
     start = time.perf_counter()
-    model.learn(job.budget, callback=evaluation)
+    model.learn(job.budget, callback=CallbackList([evaluation, deadline]))
     train_seconds = time.perf_counter() - start - evaluation.seconds
-    if not evaluation.finished:  # learn() stopped short of the budget: the last mark still gets its evaluation
+    if deadline.reached:  # cut by the time cap: the last evaluation is where training got to
+        evaluation.evaluate(model.num_timesteps)
+    elif not evaluation.finished:  # learn() stopped short of the budget: the last mark still gets its evaluation
         evaluation.evaluate(evaluation.marks[-1])
     env.close()
     eval_env.close()
@@ -294,9 +316,10 @@ def make_jobs(
     seeds: dict[str, Sequence[int]],
     budgets: dict[str, int],
     eval_every: dict[str, int],
+    max_seconds: float | None = None,
 ) -> list[Job]:
     return [
-        Job(algo, env_id, seed, budgets[env_id], eval_every[env_id])
+        Job(algo, env_id, seed, budgets[env_id], eval_every[env_id], max_seconds)
         for env_id in envs
         for algo in algos
         if env_id in HYPERPARAMS[algo]  # grpo_state has entries for CartPole and Acrobot only
@@ -341,7 +364,9 @@ def print_progress(result: RunResult, done: int, total: int) -> None:
 @dataclass(frozen=True)
 class AlgoSummary:
     n_envs: int
+    budget: int
     seeds: list[int]
+    final_steps: list[int]  # where the final evaluation was taken: the budget, or where a time cap cut the run
     steps_to_threshold: list[int | None]
     median_steps_to_threshold: float | None  # None: the median seed never reached the threshold
     final_returns: list[float]
@@ -366,7 +391,9 @@ def summarize(runs: Sequence[RunResult]) -> AlgoSummary:
     total_steps = [None if p is None else p.timesteps + p.branch_steps for p in reached]
     return AlgoSummary(
         n_envs=runs[0].n_envs,
+        budget=runs[0].budget,
         seeds=[run.seed for run in runs],
+        final_steps=[run.points[-1].timesteps for run in runs],
         steps_to_threshold=steps,
         median_steps_to_threshold=_median_steps(steps),
         final_returns=[run.final_return for run in runs],
@@ -561,7 +588,9 @@ def _final_cell(summary: AlgoSummary | None) -> str:
     if summary is None:
         return "-"
     per_seed = " / ".join(f"{r:.1f}" for r in summary.final_returns)
-    return f"{summary.median_final_return:.1f} ({per_seed})"
+    short = [steps for steps in summary.final_steps if steps < summary.budget]
+    cut = f"; time cap: at {min(short):,}-{max(short):,} steps" if short else ""
+    return f"{summary.median_final_return:.1f} ({per_seed}{cut})"
 
 
 def _speed_cell(summary: AlgoSummary | None) -> str:
@@ -859,6 +888,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each (default: 2)")
     parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="wall-clock cap on each run's training; a capped run is evaluated where it got to, and the table says so",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help=f"smoke test: CartPole-v1, seed 0, {QUICK_BUDGET:,} steps, eval every {QUICK_EVAL_EVERY:,}; "
@@ -896,7 +930,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out_dir = args.out or DEFAULT_OUT
     markdown = args.markdown or (DEFAULT_MARKDOWN if out_dir.resolve() == DEFAULT_OUT else out_dir / "benchmarks.md")
 
-    jobs = make_jobs(envs, args.algos, seeds, budgets, eval_every)
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    jobs = make_jobs(envs, args.algos, seeds, budgets, eval_every, max_seconds)
     workers = min(args.workers, len(jobs))
     if workers <= 1:
         use_one_thread()
