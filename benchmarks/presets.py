@@ -15,7 +15,7 @@ import statistics
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 import presets  # noqa: E402
-from benchmarks.report import DEFAULT_MARKDOWN, publish  # noqa: E402
+from benchmarks.report import DEFAULT_MARKDOWN, publish, write_section  # noqa: E402
 from tests.harness import Server, free_port, start_job, wait_for_job  # noqa: E402
 
 # env id -> (budget, return to reach); None: the preset's own n_timesteps.
@@ -110,8 +110,14 @@ def main(argv: list[str] | None = None) -> None:
         server = Server(Path(folder), free_port(), "--max-concurrent-jobs", str(args.workers), "--log-level", "warning")
         server.start()
         try:
+            results: list[Result] = []
             with ThreadPoolExecutor(args.workers) as pool:
-                results = list(pool.map(lambda run_args: run(server, *run_args), runs))
+                for future in as_completed([pool.submit(run, server, *run_args) for run_args in runs]):
+                    results.append(future.result())
+                    # Written after every run: a long benchmark cut short still leaves what it measured.
+                    order = {run_args[:2]: i for i, run_args in enumerate(runs)}
+                    results.sort(key=lambda result: order[result.env_id, result.seed])
+                    write_section(args.markdown, "presets", "\n".join(table(results, command, args.workers)))
         finally:
             server.stop()
     publish(args.markdown, "presets", table(results, command, args.workers))
