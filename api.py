@@ -22,13 +22,17 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import errors
+import plugins
+import presets
 from jobs import JobRunner
 from rewards import REWARD_FUNCTIONS
 from routes import health, inference, models, reward_functions, training
+from routes import presets as presets_routes
 from routes.dependencies import require_api_key
 from routes.responses import error_responses
 from settings import Settings
 from store import Database, ModelCache, ModelStore
+from training import check_presets
 
 __all__ = ["REWARD_FUNCTIONS", "create_app"]
 
@@ -39,6 +43,7 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.NotAuthenticated: 401,
     errors.ModelNotFound: 404,
     errors.JobNotFound: 404,
+    errors.PresetNotFound: 404,
     errors.ModelUnreadable: 500,
     errors.ModelExists: 409,
     errors.ModelBusy: 409,
@@ -133,13 +138,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         previous_threads = th.get_num_threads()
         if settings.torch_threads is not None:
             th.set_num_threads(settings.torch_threads)
+        # Plugins first: they register the environments and reward functions that presets and jobs may name. One
+        # that fails to import stops the start-up with its error.
+        plugins.load_plugins(settings.plugins)
+        book = presets.read(settings.presets_file)
+        check_presets(book)
         db = Database(settings.db_path)
         store = ModelStore(
             settings.models_dir, db, ModelCache(settings.cache_max_models, settings.cache_max_bytes), settings.device
         )
-        runner = JobRunner(db, store, settings)
+        runner = JobRunner(db, store, settings, presets=book)
         runner.recover()
-        app.state.store, app.state.runner = store, runner
+        app.state.store, app.state.runner, app.state.presets = store, runner, book
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
         if settings.api_key is None and not is_loopback(settings.host):
             logger.warning(
@@ -167,7 +177,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.include_router(health.public_router)
-    guarded = (health.root_router, training.router, inference.router, models.router, reward_functions.router)
+    guarded = (
+        health.root_router,
+        training.router,
+        inference.router,
+        models.router,
+        reward_functions.router,
+        presets_routes.router,
+    )
     for router in guarded:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")

@@ -80,3 +80,7 @@ class BatchTooLarge(ServiceError):
 
 class InvalidEvaluation(ServiceError):
     pass
+
+
+class PresetNotFound(ServiceError):
+    pass

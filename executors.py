@@ -14,11 +14,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+import artifacts
+import plugins
 from grpo import GRPO
 from records import JobRecord, MetricPoint
 from rewards import REWARD_FUNCTIONS
 from settings import Settings
-from training import ActiveJob, Checkpoint, Report, StopTraining, TrainingConfig, record_point, train_model
+from training import (
+    ActiveJob,
+    Checkpoint,
+    Report,
+    StopTraining,
+    TrainingConfig,
+    load_checkpoint,
+    record_point,
+    train_model,
+)
 
 logger = logging.getLogger("grpo.executors")
 
@@ -118,18 +129,23 @@ class TrainingActor:
         record: JobRecord,
         config: TrainingConfig,
         checkpoint: bytes | None,
+        init: bytes | None,
         history: list[MetricPoint],
         device: str,
         timeout_s: float | None,
         torch_threads: int,
+        plugin_modules: list[str],
     ) -> None:
         import torch as th
 
         th.set_num_threads(torch_threads)
+        # The worker is another process: the environments and reward functions plugins register must be here too.
+        plugins.load_plugins(plugin_modules)
         self.job = ActiveJob(
             record=record,
             config=config,
             resume_from=io.BytesIO(checkpoint) if checkpoint is not None else None,
+            init_from=init,
             history=history,
         )
         self.device = device
@@ -167,7 +183,7 @@ class TrainingActor:
 
 def model_bytes(model: GRPO) -> bytes:
     buffer = io.BytesIO()
-    model.save(buffer)
+    artifacts.save_trained(model, buffer)  # normalisation statistics included
     return buffer.getvalue()
 
 
@@ -222,7 +238,17 @@ class RayExecutor:
                 max_concurrency=2,
                 max_restarts=0,
             )
-            .remote(job.record, config, resume, job.history[-1:], device, settings.job_timeout_s, max(1, int(num_cpus)))
+            .remote(
+                job.record,
+                config,
+                resume,
+                job.init_from,
+                job.history[-1:],
+                device,
+                settings.job_timeout_s,
+                max(1, int(num_cpus)),
+                settings.plugins,
+            )
         )
         self._actors[job.record.job_id] = actor
         job.started_at = time.monotonic() - (job.history[-1].wall_time_s if job.history else 0.0)
@@ -266,7 +292,11 @@ class RayExecutor:
 
 
 def load_model_bytes(data: bytes, config: TrainingConfig, device: str) -> GRPO:
-    return GRPO.load(io.BytesIO(data), device=device, reward_function=REWARD_FUNCTIONS[config.reward_function_type])
+    """A model an actor sent as zip bytes. One trained under VecNormalize comes back on one fresh environment under
+    its statistics, so that saving it (``artifacts.save_trained``) keeps them."""
+    if artifacts.read_normalizer(io.BytesIO(data)) is None:
+        return GRPO.load(io.BytesIO(data), device=device, reward_function=REWARD_FUNCTIONS[config.reward_function_type])
+    return load_checkpoint(config.model_copy(update={"n_envs": 1, "vec_env": "dummy"}), io.BytesIO(data), device)
 
 
 def make_executor(settings: Settings) -> Executor:

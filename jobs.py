@@ -17,7 +17,9 @@ from typing import Any
 
 from gymnasium import spaces
 from pydantic import ValidationError
+from stable_baselines3.common.preprocessing import is_image_space
 
+from envs import check_forkable
 from errors import (
     InvalidTrainingRequest,
     JobNotActive,
@@ -29,18 +31,22 @@ from errors import (
 )
 from executors import Executor, make_executor
 from grpo import GRPO
+from presets import Preset
 from records import RESUMABLE_STATES, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
 from rewards import REWARD_FUNCTIONS, fits
 from settings import Settings
-from store import Database, ModelStore, remove_temporary_files, save_atomically
+from store import Database, ModelStore, describe_space, remove_temporary_files, save_atomically
 from training import (
     ActiveJob,
     StopTraining,
     TrainingConfig,
     TrainingSettings,
+    default_policy,
     environment_spaces,
     hyperparameters,
+    make_environments,
     record_point,
+    resolve_settings,
 )
 
 logger = logging.getLogger("grpo.jobs")
@@ -52,17 +58,43 @@ SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscret
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
-def _check_request(request: TrainingSettings, settings: Settings) -> spaces.Space:
-    if request.total_timesteps > settings.max_total_timesteps:
+def _check_config(config: TrainingConfig, settings: Settings) -> spaces.Space:
+    if config.total_timesteps > settings.max_total_timesteps:
         raise InvalidTrainingRequest(
-            f"total_timesteps {request.total_timesteps} exceeds this server's maximum of {settings.max_total_timesteps}"
+            f"total_timesteps {config.total_timesteps} exceeds this server's maximum of {settings.max_total_timesteps}"
         )
-    observation_space, action_space = environment_spaces(request.env_name)
+    observation_space, action_space = environment_spaces(config.env_name, config.env_kwargs)
     if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
         raise InvalidTrainingRequest(f"Observation space {observation_space} is not supported")
     if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
         raise InvalidTrainingRequest(f"Action space {action_space} is not supported")
     return observation_space
+
+
+def _check_policy(policy: str, observation_space: spaces.Space) -> None:
+    if policy == "CnnPolicy" and not is_image_space(observation_space, check_channels=False):
+        raise InvalidTrainingRequest(f"CnnPolicy needs image observations; {observation_space} is not one")
+    if policy == "MultiInputPolicy" and not isinstance(observation_space, spaces.Dict):
+        raise InvalidTrainingRequest(f"MultiInputPolicy is for Dict observations; {observation_space} is not one")
+
+
+def _check_branching(config: TrainingConfig) -> None:
+    """State mode forks the environments at the states it branches from: refuse, before any job starts, what it
+    could not fork (GRPO's own check, on one environment of the job's kind)."""
+    if config.group_mode != "state":
+        return
+    if config.vec_env == "subproc":
+        raise InvalidTrainingRequest(
+            "group_mode 'state' forks each environment where it branches and cannot reach environments in other "
+            "processes; use vec_env 'dummy'"
+        )
+    env = make_environments(config.model_copy(update={"n_envs": 1}))
+    try:
+        check_forkable(env)
+    except ValueError as error:
+        raise InvalidTrainingRequest(str(error)) from None
+    finally:
+        env.close()
 
 
 def _default_reward_function(env_name: str) -> str:
@@ -90,10 +122,18 @@ def _generated_model_name(env_name: str, job_id: str) -> str:
 class JobRunner:
     """Accepts training requests, runs them on an executor, and keeps their records up to date."""
 
-    def __init__(self, db: Database, store: ModelStore, settings: Settings, executor: Executor | None = None) -> None:
+    def __init__(
+        self,
+        db: Database,
+        store: ModelStore,
+        settings: Settings,
+        executor: Executor | None = None,
+        presets: dict[str, Preset] | None = None,
+    ) -> None:
         self.db = db
         self.store = store
         self.settings = settings
+        self.presets = presets or {}  # env id -> the settings a request's omitted fields take
         self.executor = executor or make_executor(settings)
         self._active: dict[str, ActiveJob] = {}
         self._lock = threading.Lock()
@@ -114,20 +154,10 @@ class JobRunner:
 
     def submit(self, request: TrainingSettings) -> tuple[JobRecord, TrainingConfig, int]:
         """Queue a job; returns its record, its full settings and its place in the queue (0: starts now)."""
-        observation_space = _check_request(request, self.settings)
-        reward_function = request.reward_function_type
-        if "reward_function_type" not in request.model_fields_set:
-            reward_function = _default_reward_function(request.env_name)
-        _check_reward_function(reward_function, observation_space)
-
         job_id = str(uuid.uuid4())
-        model_name = request.model_name or _generated_model_name(request.env_name, job_id)
-        config = TrainingConfig(
-            **request.model_dump(exclude={"reward_function_type", "model_name", "checkpoint_interval"}),
-            reward_function_type=reward_function,
-            model_name=model_name,
-            checkpoint_interval=request.checkpoint_interval or self.settings.checkpoint_interval,
-        )
+        config = self._config(request, job_id)
+        model_name = config.model_name
+        init = self._init_model(config)
         record = JobRecord(
             job_id=job_id,
             status=JobState.QUEUED,
@@ -137,7 +167,7 @@ class JobRunner:
             total_timesteps=config.total_timesteps,
             created_at=utcnow(),
         )
-        job = ActiveJob(record=record, config=config)
+        job = ActiveJob(record=record, config=config, init_from=init)
         with self._lock:
             position = self._admit(model_name, config.overwrite)
             self.db.add_job(record)
@@ -151,6 +181,48 @@ class JobRunner:
         )
         self.executor.submit(lambda: self._run(job))
         return self.get(job_id), config, position
+
+    def _config(self, request: TrainingSettings, job_id: str) -> TrainingConfig:
+        """The request with every value filled in (the environment's preset, then the defaults), checked against the
+        environment it names."""
+        values, sources = resolve_settings(request, self.presets.get(request.env_name))
+        if sources["reward_function_type"] == "default":
+            values["reward_function_type"] = _default_reward_function(request.env_name)
+        values["model_name"] = request.model_name or _generated_model_name(request.env_name, job_id)
+        values["checkpoint_interval"] = request.checkpoint_interval or self.settings.checkpoint_interval
+        values["n_envs"] = values["n_envs"] or 1
+        values["policy"] = values["policy"] or "MlpPolicy"
+        try:
+            config = TrainingConfig(**values, sources=sources)
+        except ValidationError as error:  # a preset value the service cannot take
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"])
+            raise InvalidTrainingRequest(f"Setting {where} ({sources.get(where, 'preset')}): {first['msg']}") from None
+        observation_space = _check_config(config, self.settings)
+        if sources["policy"] == "default":
+            config.policy = default_policy(observation_space)
+        _check_policy(config.policy, observation_space)
+        _check_reward_function(config.reward_function_type, observation_space)
+        _check_branching(config)
+        return config
+
+    def _init_model(self, config: TrainingConfig) -> bytes | None:
+        """The zip of the saved model a job starts from (RL Zoo's ``-i``), checked against the job's environment."""
+        if config.init_model is None:
+            return None
+        if not self.store.exists(config.init_model):
+            raise InvalidTrainingRequest(f"init_model {config.init_model!r}: no model of that name is saved")
+        saved = self.store.info(config.init_model)
+        observation_space, action_space = environment_spaces(config.env_name, config.env_kwargs)
+        if (saved.observation_space, saved.action_space) != (
+            describe_space(observation_space),
+            describe_space(action_space),
+        ):
+            raise InvalidTrainingRequest(
+                f"init_model {config.init_model!r} was trained on other observation or action spaces than "
+                f"{config.env_name!r} has"
+            )
+        return self.store.read_bytes(config.init_model)
 
     def _admit(self, model_name: str, overwrite: bool) -> int:
         """The admission check of every job that joins the queue, new or resumed; called under the lock, so two
@@ -199,6 +271,7 @@ class JobRunner:
                 timesteps=timesteps,
                 metrics=record.metrics,
                 resume_from=checkpoint if timesteps else None,
+                init_from=None if timesteps else self._resumable_init_model(job_id, config),
                 history=history,
                 saved_points=len(history),
             )
@@ -206,6 +279,13 @@ class JobRunner:
         logger.info("job %s resumed from %d timesteps", job_id, timesteps)
         self.executor.submit(lambda: self._run(job))
         return self.get(job_id), position
+
+    def _resumable_init_model(self, job_id: str, config: TrainingConfig) -> bytes | None:
+        # Without a checkpoint, a job that started from a saved model starts from it again.
+        try:
+            return self._init_model(config)
+        except InvalidTrainingRequest as error:
+            raise JobNotResumable(f"Training job {job_id} cannot start again: {error.detail}") from None
 
     def _recorded_config(self, record: JobRecord) -> TrainingConfig:
         values = dict(record.config)

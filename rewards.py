@@ -5,23 +5,28 @@ shape ``[batch, *obs_shape]``, ``action`` of shape ``[batch, *action_shape]`` (D
 the algorithm's device; it returns one float reward per transition, shape ``[batch, 1]`` (``[batch]`` is
 accepted too). GRPO calls it once per rollout on every transition, never once per step.
 
-Add your own to ``REWARD_FUNCTIONS`` (also importable from ``api``)::
+Register your own under a name (the service's ``reward_function_type``, GRPO's ``reward_function="centred"``)::
 
-    @reward_function("Keeps the cart near the centre", observation_shape=(4,))
+    @reward_function("Keeps the cart near the centre", observation_shape=(4,), name="centred")
     def centred(state, action, next_state):
         return -next_state[:, :1].abs()
 
-    REWARD_FUNCTIONS["centred"] = centred
-
-A plain function works too; it then fits every observation shape and its docstring is its description.
+A server picks such functions up from plugins (``GRPO_PLUGINS``, see ``plugins.py``). A plain function works too,
+passed to GRPO directly; it then fits every observation shape and its docstring is its description.
 """
 
+import re
 from collections.abc import Callable
 
 import torch as th
 
 RewardFunction = Callable[[th.Tensor, th.Tensor, th.Tensor], th.Tensor]
 
+# name -> reward function; ``None`` means the environment's own reward.
+REWARD_FUNCTIONS: dict[str, RewardFunction | None] = {"env": None}
+
+# Names a request can carry: short, no spaces or path characters.
+REWARD_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
 # CartPole-v1 observation: [cart position, cart velocity, pole angle, pole angular velocity]
 CARTPOLE_OBS_SHAPE = (4,)
 # CartPole terminates once |pole angle| exceeds 12 degrees
@@ -29,16 +34,28 @@ CARTPOLE_ANGLE_LIMIT = 0.2095
 
 
 def reward_function(
-    description: str, observation_shape: tuple[int, ...] | None = None
+    description: str, observation_shape: tuple[int, ...] | None = None, name: str | None = None
 ) -> Callable[[RewardFunction], RewardFunction]:
-    """Attach the registry's metadata to a reward function (``None`` shape: fits any observation)."""
+    """Attach the registry's metadata to a reward function (``None`` shape: fits any observation); with ``name``,
+    also register it in ``REWARD_FUNCTIONS`` under that name."""
 
     def decorate(fn: RewardFunction) -> RewardFunction:
         fn.description = description  # type: ignore[attr-defined]
         fn.observation_shape = observation_shape  # type: ignore[attr-defined]
+        if name is not None:
+            register(name, fn)
         return fn
 
     return decorate
+
+
+def register(name: str, fn: RewardFunction) -> None:
+    """Add ``fn`` to the registry; a name already taken by another function is refused, never silently replaced."""
+    if not REWARD_NAME.fullmatch(name):
+        raise ValueError(f"reward function name {name!r} must match {REWARD_NAME.pattern}")
+    if REWARD_FUNCTIONS.get(name, fn) is not fn:
+        raise ValueError(f"a reward function named {name!r} is already registered")
+    REWARD_FUNCTIONS[name] = fn
 
 
 def describe(fn: RewardFunction | None) -> str:
@@ -79,12 +96,33 @@ def simple_cartpole(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) 
     return reward.clamp(0.1, 1.0).unsqueeze(-1)
 
 
-# name -> reward function; ``None`` means the environment's own reward.
-REWARD_FUNCTIONS: dict[str, RewardFunction | None] = {
-    "env": None,
-    "optimized_cartpole": optimized_cartpole,
-    "simple_cartpole": simple_cartpole,
-}
+@reward_function(
+    "Acrobot: height of the tip above the pivot, -cos(a1) - cos(a1 + a2); the goal line is at 1",
+    observation_shape=(6,),
+)
+def acrobot_height(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+    # Observation: [cos a1, sin a1, cos a2, sin a2, da1, da2]; cos(a1 + a2) = cos a1 cos a2 - sin a1 sin a2.
+    cos1, sin1, cos2, sin2 = next_state[:, 0], next_state[:, 1], next_state[:, 2], next_state[:, 3]
+    return (-cos1 - (cos1 * cos2 - sin1 * sin2)).unsqueeze(-1)
+
+
+@reward_function(
+    "MountainCar (both versions): the car's mechanical energy, which grows as it swings towards the flag",
+    observation_shape=(2,),
+)
+def mountaincar_energy(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+    # Observation: [position, velocity]. The dynamics accelerate by -0.0025 cos(3 x) per step, so the potential is
+    # 0.0025 / 3 sin(3 x); scaled by 1000 so that the energies of a swing are of order 1.
+    position, velocity = next_state[:, 0], next_state[:, 1]
+    return (1000.0 * (0.5 * velocity**2 + 0.0025 / 3.0 * th.sin(3.0 * position))).unsqueeze(-1)
+
+
+REWARD_FUNCTIONS.update(
+    optimized_cartpole=optimized_cartpole,
+    simple_cartpole=simple_cartpole,
+    acrobot_height=acrobot_height,
+    mountaincar_energy=mountaincar_energy,
+)
 
 
 def get_reward_function(name: str) -> RewardFunction | None:

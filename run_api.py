@@ -29,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--api-key", dest="api_key", help="require this X-API-Key on every request (default: none)")
     parser.add_argument("--log-level", dest="log_level", choices=LogLevel.__args__, help="default info")
+    parser.add_argument(
+        "--plugins", help="comma-separated modules that register environments and reward functions (GRPO_PLUGINS)"
+    )
+    parser.add_argument("--presets", dest="presets_file", help="presets file (default hyperparams/grpo.yml)")
     return parser.parse_args(argv)
 
 

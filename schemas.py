@@ -248,3 +248,18 @@ class RewardFunctionInfo(BaseModel):
 
 class RewardFunctionList(BaseModel):
     reward_functions: list[RewardFunctionInfo]
+
+
+# presets
+
+
+class PresetInfo(BaseModel):
+    env_id: str
+    settings: dict[str, Any] = Field(
+        description="As written in the presets file: rl-baselines3-zoo's keys (n_envs, n_timesteps, normalize, "
+        "policy, policy_kwargs, lin_<x> schedules) and GRPO's arguments"
+    )
+
+
+class PresetList(BaseModel):
+    presets: list[PresetInfo]

@@ -2,10 +2,12 @@
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from presets import PRESETS_FILE
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
@@ -82,6 +84,24 @@ class Settings(BaseSettings):
     def _blank_key_means_none(cls, value: object) -> object:
         # `GRPO_API_KEY=` in a shell or compose file means "no key", not "a key nobody can send".
         return None if isinstance(value, str) and not value.strip() else value
+
+    presets_file: Path = Field(
+        PRESETS_FILE,
+        description="Tuned settings per environment (rl-baselines3-zoo's format) that fill a request's omitted fields",
+    )
+    plugins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Modules imported at start-up to register environments and reward functions, e.g. "
+        "'mypkg.envs,mypkg.rewards' (installed packages' grpo.envs / grpo.rewards entry points are loaded too)",
+    )
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # GRPO_PLUGINS=mypkg.envs,mypkg.rewards, as an administrator would write it.
+        if isinstance(value, str) and not value.lstrip().startswith("["):
+            return [name.strip() for name in value.split(",") if name.strip()]
+        return value
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

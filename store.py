@@ -23,6 +23,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 
+from artifacts import TrainedModel, load_trained, save_trained
 from errors import InvalidName, ModelNotFound, ModelUnreadable
 from grpo import GRPO
 from records import METRIC_LOGGER_KEYS, MODEL_NAME_PATTERN, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
@@ -263,10 +264,10 @@ class ModelCache:
     def __init__(self, max_models: int, max_bytes: int) -> None:
         self.max_models = max_models
         self.max_bytes = max_bytes
-        self._models: OrderedDict[str, tuple[GRPO, int]] = OrderedDict()
+        self._models: OrderedDict[str, tuple[TrainedModel, int]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> GRPO | None:
+    def get(self, name: str) -> TrainedModel | None:
         with self._lock:
             entry = self._models.get(name)
             if entry is None:
@@ -274,7 +275,7 @@ class ModelCache:
             self._models.move_to_end(name)
             return entry[0]
 
-    def put(self, name: str, model: GRPO, size: int) -> None:
+    def put(self, name: str, model: TrainedModel, size: int) -> None:
         with self._lock:
             self._models[name] = (model, size)
             self._models.move_to_end(name)
@@ -357,7 +358,8 @@ class ModelStore:
         self.cache.discard(record.name)
         return record
 
-    def load(self, name: str) -> GRPO:
+    def load(self, name: str) -> TrainedModel:
+        """The model saved under ``name``, with the normalisation statistics it was trained under."""
         model = self.cache.get(name)
         if model is not None:
             return model
@@ -368,14 +370,14 @@ class ModelStore:
             if model is not None:
                 return model
             try:
-                model = GRPO.load(path, device=self.device)
+                model = load_trained(path, device=self.device)
             except FileNotFoundError:  # also when deleted between a listing and this load
                 raise ModelNotFound(f"Model {name!r} not found") from None
             except Exception as error:  # a damaged or foreign zip: whatever SB3's loader throws
                 logger.exception("model %s cannot be loaded", name)
                 raise ModelUnreadable(f"Model {name!r} cannot be loaded: {type(error).__name__}") from error
-            model.policy.set_training_mode(False)
-            self.cache.put(name, model, memory_bytes(model))
+            model.model.policy.set_training_mode(False)
+            self.cache.put(name, model, memory_bytes(model.model))
             logger.info("model %s loaded", name)
             return model
 
@@ -404,7 +406,7 @@ class ModelStore:
         record = self.db.get_model(name)
         if record is None:
             # A zip copied into the folder by hand: its spaces come from the zip itself.
-            model = self.load(name)
+            model = self.load(name).model
             record = self._file_record(name)
             record.observation_space = describe_space(model.observation_space)
             record.action_space = describe_space(model.action_space)
@@ -421,11 +423,12 @@ class ModelStore:
 
 
 def save_atomically(model: GRPO, final: Path) -> None:
-    """Write ``model`` to ``final`` so that a crash leaves either the old file or the new one, never half of one:
-    into a hidden temporary file beside it, flushed to disk, then renamed over it."""
+    """Write ``model`` (with its VecNormalize statistics, if it trains under them) to ``final`` so that a crash
+    leaves either the old file or the new one, never half of one: into a hidden temporary file beside it, flushed
+    to disk, then renamed over it."""
     temporary = final.with_name(f".{final.stem}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
     try:
-        model.save(temporary)
+        save_trained(model, temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, final)

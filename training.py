@@ -7,6 +7,7 @@ Nothing here knows about HTTP: ``schemas.TrainRequest`` builds on ``TrainingSett
 
 import bisect
 import difflib
+import inspect
 import io
 import math
 import threading
@@ -21,11 +22,13 @@ import numpy as np
 from gymnasium import spaces
 from pydantic import BaseModel, ConfigDict, Field
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
-from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
+from stable_baselines3.common.preprocessing import is_image_space
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+import artifacts
+import presets
 from errors import UnknownEnvironment
-from grpo import ADVANTAGE_MODES, GRPO, SCALE_REWARDS, GroupResetWrapper
+from grpo import ADVANTAGE_MODES, GROUP_MODES, GRPO, SCALE_REWARDS
 from records import JobRecord, MetricPoint, ModelName
 from rewards import REWARD_FUNCTIONS
 
@@ -42,8 +45,45 @@ GRPO_ARGUMENTS = frozenset(
         "ent_coef",
         "max_grad_norm",
         "target_kl",
+        "group_mode",
+        "branch_interval",
+        "lookahead",
+        "use_sde",
+        "sde_sample_freq",
+        "ref_update_interval",
     }
 )
+# The API document's fields: on its own environment, CartPole-v1, they keep the document's defaults over the preset's.
+DOCUMENT_ENV = "CartPole-v1"
+DOCUMENT_FIELDS = frozenset(
+    {"total_timesteps", "learning_rate", "n_steps", "batch_size", "n_epochs", "reward_function_type"}
+)
+# Preset keys (rl-baselines3-zoo's names) that fill a setting of another name; `policy_kwargs` is the preset's alone.
+PRESET_KEYS = {
+    "n_timesteps": "total_timesteps",
+    "reward_function": "reward_function_type",
+    "policy_kwargs": "policy_kwargs",
+}
+PolicyName = Literal["MlpPolicy", "CnnPolicy", "MultiInputPolicy"]
+# A schedule as rl-baselines3-zoo writes it: linear from the number to 0 over the run.
+ScheduleSpec = Annotated[str, Field(pattern=r"^lin_[0-9.]+(e-?[0-9]+)?$", max_length=32)]
+# What a JSON object passed to gym.make may hold.
+EnvKwarg = bool | int | float | str | None | list[bool | int | float | str | None]
+
+
+class NormalizeOptions(BaseModel):
+    """VecNormalize's options (the keys rl-baselines3-zoo's ``normalize`` takes)."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    norm_obs: bool = True
+    norm_reward: bool = True
+    clip_obs: float = Field(10.0, gt=0, le=1e6)
+    clip_reward: float = Field(10.0, gt=0, le=1e6)
+    gamma: float | None = Field(
+        None, ge=0, le=1, description="Discount of the returns rewards are scaled by (default: the job's gamma)"
+    )
+    epsilon: float = Field(1e-8, gt=0, le=1)
 
 
 class TrainingSettings(BaseModel):
@@ -81,7 +121,9 @@ class TrainingSettings(BaseModel):
     ent_coef: float | None = Field(None, ge=0, le=1)
     max_grad_norm: float | None = Field(None, gt=0, le=1_000)
     target_kl: float | None = Field(None, gt=0, le=10)
-    n_envs: int = Field(1, ge=1, le=64, description="Environments stepped side by side")
+    n_envs: int | None = Field(
+        None, ge=1, le=64, description="Environments stepped side by side (default: the preset's, else 1)"
+    )
     vec_env: Literal["dummy", "subproc"] = Field(
         "dummy",
         description="'dummy': the environments step in turn in the job's process; 'subproc': each in a process of "
@@ -100,6 +142,38 @@ class TrainingSettings(BaseModel):
     net_arch: list[Annotated[int, Field(ge=1, le=4_096)]] | None = Field(
         None, max_length=8, description="Hidden layer sizes of the policy (default: SB3's [64, 64])"
     )
+    policy: PolicyName | None = Field(
+        None,
+        description="Default: the preset's, else what the observation space calls for (CnnPolicy for images, "
+        "MlpPolicy otherwise)",
+    )
+    normalize: bool | NormalizeOptions | None = Field(
+        None,
+        description="Normalise observations and rewards with VecNormalize (true, or its options); the statistics "
+        "are saved with the model and applied when it serves (default: the preset's, else false)",
+    )
+    group_mode: Literal[GROUP_MODES] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="'episode': a group is group_size episodes reset alike; 'state': the actions tried from one "
+        "visited state, each in a fork of the environment (branching; environments must be deep-copyable)",
+    )
+    branch_interval: int | None = Field(None, ge=1, le=10_000, description="State mode: branch every this many states")
+    lookahead: int | None = Field(
+        None, ge=0, le=1_000, description="State mode: steps each branch follows the policy after its tried action"
+    )
+    use_sde: bool | None = Field(None, description="Generalized State-Dependent Exploration (Box actions)")
+    sde_sample_freq: int | None = Field(None, ge=-1, le=100_000, description="gSDE: new noise every this many steps")
+    ref_update_interval: int | None = Field(
+        None, ge=1, le=1_000_000, description="Updates between refreshes of the KL reference policy (beta > 0)"
+    )
+    env_kwargs: dict[Annotated[str, Field(max_length=100)], EnvKwarg] | None = Field(
+        None, max_length=32, description="Keyword arguments for gym.make, tried when the job is submitted"
+    )
+    init_model: ModelName | None = Field(
+        None,
+        description="Start from this saved model (and its normalisation statistics) instead of a fresh policy; "
+        "the result is saved under model_name",
+    )
     overwrite: bool = Field(False, description="Replace an existing model of the same name")
     checkpoint_interval: int | None = Field(
         None,
@@ -117,6 +191,15 @@ class TrainingConfig(TrainingSettings):
     model_name: ModelName
     # A record from before checkpoints has none: such a job checkpoints only when it stops.
     checkpoint_interval: int = Field(0, ge=0, description="Timesteps between checkpoints (0: only when it stops)")
+    n_envs: int = Field(1, ge=1, le=64)
+    policy: PolicyName = "MlpPolicy"
+    # A preset may give schedules (zoo-style `lin_<x>`) and the policy's keyword arguments (the zoo's dict text).
+    learning_rate: float | ScheduleSpec = 3e-4  # type: ignore[assignment]
+    clip_range: float | ScheduleSpec | None = None  # type: ignore[assignment]
+    policy_kwargs: str | None = Field(None, max_length=1_000)
+    sources: dict[str, Literal["request", "preset", "default"]] = Field(
+        default_factory=dict, description="Where each setting came from: the request, the preset, or a default"
+    )
 
 
 class StopTraining(Exception):
@@ -135,7 +218,58 @@ def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
 # environments and models
 
 
-def environment_spaces(env_name: str) -> tuple[spaces.Space, spaces.Space]:
+def resolve_settings(request: TrainingSettings, preset: presets.Preset | None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The values a job runs with and where each came from: what the request set; else the environment's preset
+    (except that on CartPole-v1 the API document's fields keep the document's defaults); else the default."""
+    values = request.model_dump()
+    given = request.model_fields_set
+    from_preset = {PRESET_KEYS.get(key, key): value for key, value in (preset.values if preset else {}).items()}
+    sources: dict[str, str] = {}
+    for name in [*values, "policy_kwargs"]:
+        keeps_document_default = request.env_name == DOCUMENT_ENV and name in DOCUMENT_FIELDS
+        if name in given:
+            sources[name] = "request"
+        elif name in from_preset and not keeps_document_default:
+            values[name] = from_preset[name]
+            sources[name] = "preset"
+        elif name in values:
+            sources[name] = "default"
+    if sources["normalize"] == "preset":  # the zoo's forms: true, or VecNormalize's options as a dict or its text
+        options = presets.normalize_options(values["normalize"])
+        values["normalize"] = False if options is None else NormalizeOptions(**options)
+    if values["group_mode"] == "state" and sources["advantage"] != "request":
+        # A preset's advantage is for episode groups; branches are judged by their outcome, the only mode there.
+        values["advantage"], sources["advantage"] = "outcome", "default"
+    for name, default in _grpo_defaults().items():  # show the value GRPO will use, not null
+        if values.get(name) is None:
+            values[name] = default
+    return values, sources
+
+
+def _grpo_defaults() -> dict[str, Any]:
+    parameters = inspect.signature(GRPO.__init__).parameters
+    return {name: parameters[name].default for name in GRPO_ARGUMENTS if name in parameters}
+
+
+def check_presets(book: dict[str, presets.Preset]) -> None:
+    """Every key of every preset must be a setting the service takes: a typo would otherwise be dropped silently."""
+    known = set(TrainingConfig.model_fields) | set(PRESET_KEYS)
+    for env_id, preset in book.items():
+        unknown = sorted(set(preset.values) - known)
+        if unknown:
+            raise presets.PresetError(f"preset {env_id!r}: the service takes no setting {unknown}")
+
+
+def default_policy(observation_space: spaces.Space) -> PolicyName:
+    """The policy an observation space calls for, as rl-baselines3-zoo users would pick it."""
+    if isinstance(observation_space, spaces.Dict):
+        return "MultiInputPolicy"
+    if is_image_space(observation_space, check_channels=False):
+        return "CnnPolicy"
+    return "MlpPolicy"
+
+
+def environment_spaces(env_name: str, env_kwargs: dict[str, Any] | None = None) -> tuple[spaces.Space, spaces.Space]:
     """The observation and action spaces of a registered gymnasium environment, or a helpful error."""
     # Only registered ids: gym.make would import any "module:Env" string it is given.
     if env_name not in gym.registry:
@@ -143,70 +277,104 @@ def environment_spaces(env_name: str) -> tuple[spaces.Space, spaces.Space]:
         hint = f"; did you mean {', '.join(repr(name) for name in close)}?" if close else ""
         raise UnknownEnvironment(f"Unknown environment {env_name!r}{hint}")
     try:
-        env = gym.make(env_name)
+        env = gym.make(env_name, **(env_kwargs or {}))
     except Exception as error:  # anything a third-party constructor throws is a bad choice of environment
-        raise UnknownEnvironment(f"Environment {env_name!r} cannot be created here: {error}") from error
+        with_kwargs = f" with env_kwargs {env_kwargs}" if env_kwargs else ""
+        raise UnknownEnvironment(f"Environment {env_name!r} cannot be created here{with_kwargs}: {error}") from error
     try:
         return env.observation_space, env.action_space
     finally:
         env.close()
 
 
-def make_environments(config: TrainingConfig) -> VecEnv:
+def make_environments(config: TrainingConfig, normalizer: bytes | None = None) -> VecEnv:
     """The job's ``n_envs`` environments: stepped in turn in this process (``dummy``) or each in a process of its
-    own (``subproc``), where GRPO needs every one wrapped to reset the members of a group with the group's seed."""
-    if config.vec_env == "subproc":
-        return make_vec_env(
-            config.env_name,
-            n_envs=config.n_envs,
-            seed=config.seed,
-            vec_env_cls=SubprocVecEnv,
-            wrapper_class=GroupResetWrapper,
-        )
-    return make_vec_env(config.env_name, n_envs=config.n_envs, seed=config.seed)
+    own (``subproc``, wrapped so GRPO can reset a group's members alike); under VecNormalize when the config asks
+    for it, or with ``normalizer``'s saved statistics (a checkpoint's or a model's to go on from)."""
+    env = presets.make_env(
+        config.env_name, config.n_envs, config.seed, env_kwargs=config.env_kwargs, subproc=config.vec_env == "subproc"
+    )
+    if normalizer is not None:
+        return artifacts.wrap(env, normalizer, training=True)
+    options = normalize_options(config)
+    return env if options is None else VecNormalize(env, **options)
 
 
-def build_model(config: TrainingConfig, device: str, tensorboard_log: Path | None = None) -> GRPO:
-    """The GRPO model a job trains, on freshly made environments; SB3 writes TensorBoard logs to ``tensorboard_log``."""
+def normalize_options(config: TrainingConfig) -> dict[str, Any] | None:
+    """VecNormalize's keyword arguments for the job, or None when it does not normalise."""
+    value = config.normalize
+    if not value:
+        return None
+    options = value.model_dump(exclude_none=True) if isinstance(value, NormalizeOptions) else True
+    return presets.normalize_options(options, config.gamma)
+
+
+def _constructor_arguments(config: TrainingConfig) -> dict[str, Any]:
+    """What GRPO's constructor (or ``GRPO.load``, for a model to go on from) gets from the config."""
+    kwargs = presets.algorithm_kwargs(
+        {
+            "learning_rate": config.learning_rate,
+            "n_steps": config.n_steps,
+            "batch_size": config.batch_size,
+            "n_epochs": config.n_epochs,
+            **config.model_dump(include=GRPO_ARGUMENTS, exclude_none=True),
+        }
+    )
+    kwargs["reward_function"] = REWARD_FUNCTIONS[config.reward_function_type]
+    return kwargs
+
+
+def _policy_kwargs(config: TrainingConfig) -> dict[str, Any] | None:
+    policy_kwargs = presets.algorithm_kwargs({"policy_kwargs": config.policy_kwargs or "dict()"})["policy_kwargs"]
+    if config.net_arch is not None:  # the request's layers win over the preset's
+        policy_kwargs["net_arch"] = config.net_arch
+    return policy_kwargs or None
+
+
+def build_model(
+    config: TrainingConfig, device: str, tensorboard_log: Path | None = None, init: bytes | None = None
+) -> GRPO:
+    """The GRPO model a job trains, on freshly made environments: a new policy, or the saved model ``init`` (its
+    zip, normalisation statistics included) with the job's settings; SB3 writes TensorBoard logs to
+    ``tensorboard_log``."""
+    if init is not None:
+        return load_checkpoint(config, io.BytesIO(init), device, tensorboard_log, **_constructor_arguments(config))
     env = make_environments(config)
     try:
-        return _new_model(config, env, device, tensorboard_log)
+        return GRPO(
+            config.policy,
+            env,
+            policy_kwargs=_policy_kwargs(config),
+            seed=config.seed,
+            device=device,
+            tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
+            **_constructor_arguments(config),
+        )
     except BaseException:
         env.close()  # a subproc env's worker processes would outlive the failed job
         raise
 
 
-def _new_model(config: TrainingConfig, env: VecEnv, device: str, tensorboard_log: Path | None) -> GRPO:
-    return GRPO(
-        "MlpPolicy",
-        env,
-        learning_rate=config.learning_rate,
-        n_steps=config.n_steps,
-        batch_size=config.batch_size,
-        n_epochs=config.n_epochs,
-        reward_function=REWARD_FUNCTIONS[config.reward_function_type],
-        policy_kwargs={"net_arch": config.net_arch} if config.net_arch is not None else None,
-        seed=config.seed,
-        device=device,
-        tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
-        # Only what the request set: GRPO's own defaults stay GRPO's.
-        **config.model_dump(include=GRPO_ARGUMENTS, exclude_none=True),
-    )
-
-
 def load_checkpoint(
-    config: TrainingConfig, path: Path | io.BytesIO, device: str, tensorboard_log: Path | None = None
+    config: TrainingConfig,
+    path: Path | io.BytesIO,
+    device: str,
+    tensorboard_log: Path | None = None,
+    **kwargs: Any,
 ) -> GRPO:
-    """A job's model as its checkpoint left it, on freshly made environments, ready to train on."""
-    env = make_environments(config)
+    """A job's model as its checkpoint (or a saved model) left it, normalisation statistics included, on freshly
+    made environments, ready to train on; ``kwargs`` replace saved settings."""
+    data = path.read_bytes() if isinstance(path, Path) else path.getvalue()
+    env = make_environments(config, artifacts.read_normalizer(io.BytesIO(data)))
+    kwargs.setdefault("reward_function", REWARD_FUNCTIONS[config.reward_function_type])
     try:
+        # Functions from the registry, not whatever the zip pickled: the same code the job started with.
         return GRPO.load(
-            path,
+            io.BytesIO(data),
             env=env,
             device=device,
-            # Functions from the registry, not whatever the zip pickled: the same code the job started with.
-            reward_function=REWARD_FUNCTIONS[config.reward_function_type],
             tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
+            **kwargs,
         )
     except BaseException:
         env.close()
@@ -241,6 +409,7 @@ class ActiveJob:
     started_at: float = 0.0  # time.monotonic() when training began
     timed_out: bool = False  # stopped because it ran past the server's job_timeout_s
     resume_from: Path | io.BytesIO | None = None  # the checkpoint a resumed job goes on from
+    init_from: bytes | None = None  # the saved model (config.init_model) a new job starts from
     # Every point of this run, in memory for cheap reads while it runs; the first ``saved_points`` are in the database.
     history: list[MetricPoint] = field(default_factory=list)
     saved_points: int = 0
@@ -357,15 +526,16 @@ def train_model(
     if job.resume_from is not None:
         model = load_checkpoint(config, job.resume_from, device, tensorboard_log=tensorboard_log)
     else:
-        model = build_model(config, device, tensorboard_log=tensorboard_log)
+        model = build_model(config, device, tensorboard_log=tensorboard_log, init=job.init_from)
     # A resumed job's learning curves go on from the wall time of its last point.
     job.started_at = time.monotonic() - (job.history[-1].wall_time_s if job.history else 0.0)
     callback = JobCallback(job, report, timeout_s, checkpoint, config.checkpoint_interval)
+    resuming = job.resume_from is not None
+    # A resumed model keeps its timestep count: learn the rest, in the same TensorBoard run. A model started from a
+    # saved one (init_model) counts this job's steps from 0.
+    remaining = config.total_timesteps - (model.num_timesteps if resuming else 0)
     try:
-        # A resumed model keeps its timestep count: learn the rest, in the same TensorBoard run.
-        model.learn(
-            config.total_timesteps - model.num_timesteps, callback=callback, reset_num_timesteps=job.resume_from is None
-        )
+        model.learn(remaining, callback=callback, reset_num_timesteps=not resuming)
     except StopTraining:
         pass  # asked for between two gradient steps; the model is whole
     finally:

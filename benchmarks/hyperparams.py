@@ -1,12 +1,15 @@
 """Hyperparameters of the learning benchmark (``benchmarks/learning.py``), one dict per algorithm and env.
 
-Entries keep rl-baselines3-zoo's vocabulary so they can be compared line by line with its ``ppo.yml``:
-``n_envs`` and ``normalize`` shape the training VecEnv, ``"lin_<x>"`` is a schedule decaying linearly from
-``x`` to 0, ``policy_kwargs`` may be a string evaluated with ``torch.nn`` in scope as ``nn``, and every other
-key goes to the algorithm's constructor unchanged. Keys not listed take the algorithm's default.
+Entries keep rl-baselines3-zoo's vocabulary so they can be compared line by line with its ``ppo.yml``, and are
+translated by the same loader as GRPO's presets (``presets.py``): ``n_envs`` and ``normalize`` shape the training
+VecEnv, ``"lin_<x>"`` is a schedule decaying linearly from ``x`` to 0, ``policy_kwargs`` may be a string evaluated
+with ``torch.nn`` in scope as ``nn``, and every other key goes to the algorithm's constructor unchanged. Keys not
+listed take the algorithm's default.
 """
 
 from typing import Any
+
+import presets
 
 # rl-baselines3-zoo `hyperparams/ppo.yml` (DLR-RM/rl-baselines3-zoo, commit 208b6fdf3a9aa24de44b2e068c6e5f6a07d97fcc),
 # copied verbatim except `n_timesteps` (the benchmark's budget, see BUDGETS in learning.py) and `policy`
@@ -55,67 +58,78 @@ PPO_ZOO: dict[str, dict[str, Any]] = {
         "n_epochs": 4,
         "ent_coef": 0.01,
     },
-}
-
-# GRPO's own settings, tuned on this machine (sweeps of 2-3 seeds; see docs/benchmarks.md). Each env keeps PPO's
-# `n_envs`, so steps/s compare on the same VecEnv size; `n_steps` is then set so that a rollout needs at least
-# ~256 (CartPole, Acrobot) or ~1024 steps of complete groups. What mattered most, measured: the per-timestep
-# group baseline (`advantage="timestep"`; outcome advantages left CartPole at ~200 after 30k steps) and
-# groups of 16 episodes rather than 8.
-GRPO_SETTINGS: dict[str, dict[str, Any]] = {
-    "CartPole-v1": {
-        "n_envs": 8,
-        "normalize": False,
-        "group_size": 16,
-        "n_steps": 32,
-        "batch_size": 256,
-        "n_epochs": 10,
-        "gamma": 0.99,
-        "advantage": "timestep",
-        "learning_rate": 3e-4,
-    },
-    "Acrobot-v1": {
+    # The zoo's entries for the v2 / v3 versions of these tasks, renamed (same values). Its MuJoCo policy_kwargs
+    # use SB3 1.x's `net_arch=[dict(pi=..., vf=...)]`, which SB3 2.x spells `net_arch=dict(pi=..., vf=...)`.
+    "LunarLanderContinuous-v3": {
         "n_envs": 16,
-        # As the zoo does for PPO: observations (angular velocities up to 9*pi) and rewards normalised.
-        # Measured (3 seeds, 100k): -100 reached at 50k/50k/70k with it; one seed of three never without.
-        "normalize": True,
-        "group_size": 16,
-        "n_steps": 16,
-        "batch_size": 256,
-        "n_epochs": 10,
-        "gamma": 0.99,
-        "advantage": "timestep",
-        "learning_rate": 3e-4,
-    },
-    "Pendulum-v1": {
-        "n_envs": 4,
-        "normalize": False,
-        "group_size": 8,
         "n_steps": 1024,
-        "batch_size": 256,
-        "n_epochs": 10,
-        "gamma": 0.9,
-        "advantage": "timestep",
-        "learning_rate": 1e-3,
-        "use_sde": True,
-        "sde_sample_freq": 4,
-    },
-    "LunarLander-v3": {
-        "n_envs": 16,
-        "normalize": False,
-        "group_size": 16,
-        "n_steps": 64,
-        "batch_size": 256,
-        "n_epochs": 10,
+        "batch_size": 64,
+        "gae_lambda": 0.98,
         "gamma": 0.999,
-        "advantage": "timestep",
-        "learning_rate": 3e-4,
+        "n_epochs": 4,
         "ent_coef": 0.01,
+    },
+    "MountainCar-v0": {
+        "normalize": True,
+        "n_envs": 16,
+        "n_steps": 16,
+        "gae_lambda": 0.98,
+        "gamma": 0.99,
+        "n_epochs": 4,
+        "ent_coef": 0.0,
+    },
+    "MountainCarContinuous-v0": {
+        "normalize": True,
+        "n_envs": 1,
+        "batch_size": 256,
+        "n_steps": 8,
+        "gamma": 0.9999,
+        "learning_rate": 7.77e-05,
+        "ent_coef": 0.00429,
+        "clip_range": 0.1,
+        "n_epochs": 10,
+        "gae_lambda": 0.9,
+        "max_grad_norm": 5,
+        "vf_coef": 0.19,
+        "use_sde": True,
+        "policy_kwargs": "dict(log_std_init=-3.29, ortho_init=False)",
+    },
+    "Hopper-v5": {
+        "normalize": True,
+        "n_envs": 1,
+        "batch_size": 32,
+        "n_steps": 512,
+        "gamma": 0.999,
+        "learning_rate": 9.80828e-05,
+        "ent_coef": 0.00229519,
+        "clip_range": 0.2,
+        "n_epochs": 5,
+        "gae_lambda": 0.99,
+        "max_grad_norm": 0.7,
+        "vf_coef": 0.835671,
+        "policy_kwargs": "dict(log_std_init=-2, ortho_init=False, activation_fn=nn.ReLU, "
+        "net_arch=dict(pi=[256, 256], vf=[256, 256]))",
+    },
+    "HalfCheetah-v5": {
+        "normalize": True,
+        "n_envs": 1,
+        "batch_size": 64,
+        "n_steps": 512,
+        "gamma": 0.98,
+        "learning_rate": 2.0633e-05,
+        "ent_coef": 0.000401762,
+        "clip_range": 0.1,
+        "n_epochs": 20,
+        "gae_lambda": 0.92,
+        "max_grad_norm": 0.8,
+        "vf_coef": 0.58096,
+        "policy_kwargs": "dict(log_std_init=-2, ortho_init=False, activation_fn=nn.ReLU, "
+        "net_arch=dict(pi=[256, 256], vf=[256, 256]))",
     },
 }
 
 # GRPO's branching mode (group_mode="state", issue 3), on the envs its benchmark covers. `reward_function` names an
-# entry of rewards.REWARD_FUNCTIONS or learning.py's BENCHMARK_REWARDS. Branching needs a reward that tells the tried
+# entry of rewards.REWARD_FUNCTIONS. Branching needs a reward that tells the tried
 # actions apart within the lookahead. CartPole: the original API's `optimized_cartpole`, PPO's VecEnv size and rollout
 # length, the default lookahead (4; `lookahead=0` carries no signal in CartPole, see GRPO's docstring). Acrobot: its
 # own -1 per step differs only where a branch reaches the goal inside the lookahead, which an untrained policy almost
@@ -149,4 +163,7 @@ GRPO_STATE: dict[str, dict[str, Any]] = {
     },
 }
 
-HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {"ppo": PPO_ZOO, "grpo": GRPO_SETTINGS, "grpo_state": GRPO_STATE}
+# GRPO's own settings are its presets, hyperparams/grpo.yml: the same file the service and Python users read.
+GRPO_PRESETS: dict[str, dict[str, Any]] = {env_id: dict(preset.values) for env_id, preset in presets.read().items()}
+
+HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {"ppo": PPO_ZOO, "grpo": GRPO_PRESETS, "grpo_state": GRPO_STATE}

@@ -47,41 +47,34 @@ import stable_baselines3
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.env_util import make_vec_env
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.utils import LinearSchedule
-from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
-from torch import nn
+from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
 
+import presets
 from benchmarks.hyperparams import HYPERPARAMS
 from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown
 from grpo import GRPO
-from rewards import REWARD_FUNCTIONS
 
 ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO}
 ALGO_LABELS = {"grpo": "GRPO", "ppo": "PPO (zoo)", "grpo_state": "GRPO, branching (state mode)"}
 ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2"}
 
 
-def acrobot_height(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
-    """Acrobot: height of the tip above the pivot, -cos(a1) - cos(a1 + a2), from the observation
-    [cos a1, sin a1, cos a2, sin a2, da1, da2]; the goal line is at 1."""
-    cos1, sin1, cos2, sin2 = next_state[:, 0], next_state[:, 1], next_state[:, 2], next_state[:, 3]
-    return (-cos1 - (cos1 * cos2 - sin1 * sin2)).unsqueeze(-1)
-
-
-# Reward functions the hyperparameters may name: the service's registry, plus the benchmark's own. Branching
-# mode needs a reward that tells actions apart within its lookahead; Acrobot's -1 per step does not (see
-# GRPO_STATE in benchmarks/hyperparams.py).
-BENCHMARK_REWARDS = {**REWARD_FUNCTIONS, "acrobot_height": acrobot_height}
-
+# What a plain run covers; the others (MountainCar, box2d's continuous lander, MuJoCo) are asked for by --envs.
+DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "LunarLander-v3")
 # Mean eval return that counts as solved.
 THRESHOLDS: dict[str, float] = {
     "CartPole-v1": 475.0,
     "Acrobot-v1": -100.0,
     "Pendulum-v1": -200.0,
     "LunarLander-v3": 200.0,
+    "MountainCar-v0": -110.0,
+    "MountainCarContinuous-v0": 90.0,
+    "LunarLanderContinuous-v3": 200.0,
+    # MuJoCo has no "solved" line; these are about what PPO with the zoo's settings reaches in 1M steps.
+    "Hopper-v5": 2500.0,
+    "HalfCheetah-v5": 3000.0,
 }
 # Default env-step budgets, sized for a 2-core CPU.
 BUDGETS: dict[str, int] = {
@@ -89,6 +82,11 @@ BUDGETS: dict[str, int] = {
     "Acrobot-v1": 100_000,
     "Pendulum-v1": 100_000,
     "LunarLander-v3": 300_000,
+    "MountainCar-v0": 100_000,
+    "MountainCarContinuous-v0": 50_000,
+    "LunarLanderContinuous-v3": 300_000,
+    "Hopper-v5": 1_000_000,
+    "HalfCheetah-v5": 1_000_000,
 }
 # rl-baselines3-zoo's own `n_timesteps` (ppo.yml), quoted in the docs next to ours.
 ZOO_BUDGETS: dict[str, int] = {
@@ -96,13 +94,33 @@ ZOO_BUDGETS: dict[str, int] = {
     "Acrobot-v1": 1_000_000,
     "Pendulum-v1": 100_000,
     "LunarLander-v3": 1_000_000,
+    "MountainCar-v0": 1_000_000,
+    "MountainCarContinuous-v0": 20_000,
+    "LunarLanderContinuous-v3": 1_000_000,
+    "Hopper-v5": 1_000_000,
+    "HalfCheetah-v5": 1_000_000,
 }
-EVAL_EVERY: dict[str, int] = {"CartPole-v1": 2_500, "Acrobot-v1": 5_000, "Pendulum-v1": 5_000, "LunarLander-v3": 10_000}
+EVAL_EVERY: dict[str, int] = {
+    "CartPole-v1": 2_500,
+    "Acrobot-v1": 5_000,
+    "Pendulum-v1": 5_000,
+    "LunarLander-v3": 10_000,
+    "MountainCar-v0": 5_000,
+    "MountainCarContinuous-v0": 2_500,
+    "LunarLanderContinuous-v3": 10_000,
+    "Hopper-v5": 50_000,
+    "HalfCheetah-v5": 50_000,
+}
 SEEDS: dict[str, tuple[int, ...]] = {
     "CartPole-v1": (0, 1, 2),
     "Acrobot-v1": (0, 1, 2),
     "Pendulum-v1": (0, 1, 2),
     "LunarLander-v3": (0,),
+    "MountainCar-v0": (0, 1, 2),
+    "MountainCarContinuous-v0": (0, 1, 2),
+    "LunarLanderContinuous-v3": (0,),
+    "Hopper-v5": (0,),
+    "HalfCheetah-v5": (0,),
 }
 # Eval episode i starts from reset seed EVAL_SEED + i, for every run and every evaluation.
 EVAL_EPISODES = 10
@@ -130,33 +148,18 @@ class ModelSetup:
 
 
 def model_setup(hyperparams: dict[str, Any]) -> ModelSetup:
-    """Translate a zoo-style entry of ``benchmarks/hyperparams.py`` as rl-baselines3-zoo's ExperimentManager does."""
-    kwargs = dict(hyperparams)
-    n_envs = kwargs.pop("n_envs", 1)
-    normalize = kwargs.pop("normalize", False)
-    vec_normalize = None
-    if normalize:
-        vec_normalize = {} if normalize is True else dict(normalize)
-        if "gamma" in kwargs:
-            vec_normalize["gamma"] = kwargs["gamma"]  # the zoo discounts VecNormalize's returns like the algorithm
-    for key, value in kwargs.items():
-        if isinstance(value, str) and value.startswith("lin_"):
-            kwargs[key] = LinearSchedule(float(value.removeprefix("lin_")), 0.0, 1.0)
-    if isinstance(kwargs.get("reward_function"), str):
-        kwargs["reward_function"] = BENCHMARK_REWARDS[kwargs["reward_function"]]
-    if isinstance(kwargs.get("policy_kwargs"), str):
-        # The zoo writes policy_kwargs as Python source, e.g. "dict(activation_fn=nn.ReLU, net_arch=[64])".
-        kwargs["policy_kwargs"] = eval(kwargs["policy_kwargs"], {"__builtins__": {"dict": dict}, "nn": nn})
-    return ModelSetup(n_envs=n_envs, normalize=vec_normalize, kwargs=kwargs)
+    """Translate a zoo-style entry of ``benchmarks/hyperparams.py`` as rl-baselines3-zoo's ExperimentManager does,
+    through the loader of GRPO's presets."""
+    preset = presets.Preset("", hyperparams)
+    kwargs = preset.algorithm_kwargs()
+    kwargs.pop("n_timesteps", None)  # the budget is the benchmark's
+    return ModelSetup(n_envs=preset.n_envs, normalize=preset.normalize, kwargs=kwargs)
 
 
 def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | None, evaluation: bool = False) -> VecEnv:
-    env = make_vec_env(env_id, n_envs=n_envs, seed=seed)
-    if normalize is None:
-        return env
-    if evaluation:  # statistics come from the training env; returns are reported unnormalised
+    if normalize is not None and evaluation:  # statistics come from the training env; returns are reported as is
         normalize = {**normalize, "training": False, "norm_reward": False}
-    return VecNormalize(env, **normalize)
+    return presets.make_env(env_id, n_envs, seed, normalize)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -171,6 +174,7 @@ class Job:
     seed: int
     budget: int
     eval_every: int
+    max_seconds: float | None = None  # a wall-clock cap on training; the run then ends short of its budget
 
 
 @dataclass(frozen=True)
@@ -239,6 +243,24 @@ class IntervalEvaluation(BaseCallback):
         self.seconds += time.perf_counter() - start
 
 
+class WallClockLimit(BaseCallback):
+    """Stops training once ``max_seconds`` have passed since it began (None: never)."""
+
+    def __init__(self, max_seconds: float | None):
+        super().__init__()
+        self.max_seconds = max_seconds
+        self.reached = False
+        self._deadline = math.inf
+
+    def _on_training_start(self) -> None:
+        if self.max_seconds is not None:
+            self._deadline = time.monotonic() + self.max_seconds
+
+    def _on_step(self) -> bool:
+        self.reached = time.monotonic() > self._deadline
+        return not self.reached
+
+
 def threshold_point(points: Sequence[EvalPoint], threshold: float) -> EvalPoint | None:
     """The first eval at or above ``threshold``; the untrained policy (mark 0) is drawn but never counts."""
     return next((p for p in points if p.timesteps > 0 and p.mean_return >= threshold), None)
@@ -255,11 +277,14 @@ def run_one(job: Job) -> RunResult:
     eval_env = make_env(job.env_id, EVAL_EPISODES, EVAL_SEED, setup.normalize, evaluation=True)
     model = ALGORITHMS[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", **setup.kwargs)
     evaluation = IntervalEvaluation(eval_env, eval_marks(job.budget, job.eval_every))
+    deadline = WallClockLimit(job.max_seconds)
 
     start = time.perf_counter()
-    model.learn(job.budget, callback=evaluation)
+    model.learn(job.budget, callback=CallbackList([evaluation, deadline]))
     train_seconds = time.perf_counter() - start - evaluation.seconds
-    if not evaluation.finished:  # learn() stopped short of the budget: the last mark still gets its evaluation
+    if deadline.reached:  # cut by the time cap: the last evaluation is where training got to
+        evaluation.evaluate(model.num_timesteps)
+    elif not evaluation.finished:  # learn() stopped short of the budget: the last mark still gets its evaluation
         evaluation.evaluate(evaluation.marks[-1])
     env.close()
     eval_env.close()
@@ -291,9 +316,10 @@ def make_jobs(
     seeds: dict[str, Sequence[int]],
     budgets: dict[str, int],
     eval_every: dict[str, int],
+    max_seconds: float | None = None,
 ) -> list[Job]:
     return [
-        Job(algo, env_id, seed, budgets[env_id], eval_every[env_id])
+        Job(algo, env_id, seed, budgets[env_id], eval_every[env_id], max_seconds)
         for env_id in envs
         for algo in algos
         if env_id in HYPERPARAMS[algo]  # grpo_state has entries for CartPole and Acrobot only
@@ -338,7 +364,9 @@ def print_progress(result: RunResult, done: int, total: int) -> None:
 @dataclass(frozen=True)
 class AlgoSummary:
     n_envs: int
+    budget: int
     seeds: list[int]
+    final_steps: list[int]  # where the final evaluation was taken: the budget, or where a time cap cut the run
     steps_to_threshold: list[int | None]
     median_steps_to_threshold: float | None  # None: the median seed never reached the threshold
     final_returns: list[float]
@@ -363,7 +391,9 @@ def summarize(runs: Sequence[RunResult]) -> AlgoSummary:
     total_steps = [None if p is None else p.timesteps + p.branch_steps for p in reached]
     return AlgoSummary(
         n_envs=runs[0].n_envs,
+        budget=runs[0].budget,
         seeds=[run.seed for run in runs],
+        final_steps=[run.points[-1].timesteps for run in runs],
         steps_to_threshold=steps,
         median_steps_to_threshold=_median_steps(steps),
         final_returns=[run.final_return for run in runs],
@@ -558,7 +588,9 @@ def _final_cell(summary: AlgoSummary | None) -> str:
     if summary is None:
         return "-"
     per_seed = " / ".join(f"{r:.1f}" for r in summary.final_returns)
-    return f"{summary.median_final_return:.1f} ({per_seed})"
+    short = [steps for steps in summary.final_steps if steps < summary.budget]
+    cut = f"; time cap: at {min(short):,}-{max(short):,} steps" if short else ""
+    return f"{summary.median_final_return:.1f} ({per_seed}{cut})"
 
 
 def _speed_cell(summary: AlgoSummary | None) -> str:
@@ -831,7 +863,9 @@ def resolve(defaults: dict[str, int], overrides: Sequence[tuple[str | None, int]
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--envs", nargs="+", choices=list(THRESHOLDS), help="default: all four (quick: CartPole-v1)")
+    parser.add_argument(
+        "--envs", nargs="+", choices=list(THRESHOLDS), help=f"default: {' '.join(DEFAULT_ENVS)} (quick: CartPole-v1)"
+    )
     parser.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
     parser.add_argument("--seeds", nargs="+", type=int, help="for every env (default: 0 1 2, LunarLander 0)")
     parser.add_argument(
@@ -853,6 +887,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help=f"eval interval in env steps, for all envs or one (default: {EVAL_EVERY})",
     )
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel, one process each (default: 2)")
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="wall-clock cap on each run's training; a capped run is evaluated where it got to, and the table says so",
+    )
     parser.add_argument(
         "--quick",
         action="store_true",
@@ -878,7 +917,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    envs = args.envs or (["CartPole-v1"] if args.quick else list(THRESHOLDS))
+    envs = args.envs or (["CartPole-v1"] if args.quick else list(DEFAULT_ENVS))
     if args.quick:
         budgets = resolve(dict.fromkeys(THRESHOLDS, QUICK_BUDGET), args.budget)
         eval_every = resolve(dict.fromkeys(THRESHOLDS, QUICK_EVAL_EVERY), args.eval_every)
@@ -891,7 +930,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         out_dir = args.out or DEFAULT_OUT
     markdown = args.markdown or (DEFAULT_MARKDOWN if out_dir.resolve() == DEFAULT_OUT else out_dir / "benchmarks.md")
 
-    jobs = make_jobs(envs, args.algos, seeds, budgets, eval_every)
+    max_seconds = None if args.max_minutes is None else 60 * args.max_minutes
+    jobs = make_jobs(envs, args.algos, seeds, budgets, eval_every, max_seconds)
     workers = min(args.workers, len(jobs))
     if workers <= 1:
         use_one_thread()

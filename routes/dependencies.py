@@ -9,6 +9,7 @@ from fastapi.security import APIKeyHeader
 
 from errors import NotAuthenticated
 from jobs import JobRunner
+from presets import Preset
 from records import MODEL_NAME_PATTERN
 from settings import Settings
 from store import ModelStore
@@ -26,9 +27,14 @@ def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def get_presets(request: Request) -> dict[str, Preset]:
+    return request.app.state.presets
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[ModelStore, Depends(get_store)]
 RunnerDep = Annotated[JobRunner, Depends(get_runner)]
+PresetsDep = Annotated[dict[str, Preset], Depends(get_presets)]
 ModelNameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 
 api_key_header = APIKeyHeader(

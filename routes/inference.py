@@ -80,7 +80,7 @@ def inference(
             f"{settings.max_inference_batch} (send several requests)"
         )
     try:
-        model = store.load(request.model_name)
+        trained = store.load(request.model_name)
     except ModelNotFound:
         job = runner.training_job_for(request.model_name)
         if job is None:
@@ -90,10 +90,12 @@ def inference(
             f"Model {request.model_name!r} is not trained yet: job {job.job_id} is {job.status.value} "
             f"({job.progress:.0%} done)"
         ) from None
+    model = trained.model
     single = request.observations is None
     raw = [request.observation] if single else request.observations
     batch = observation_batch(model, raw, request.model_name)
-    actions, probabilities = predict(model, batch, request.deterministic)
+    # Clients send the environment's own observations; a model trained under VecNormalize acts on normalised ones.
+    actions, probabilities = predict(model, trained.normalize(batch), request.deterministic)
     if single:
         return InferenceResponse(
             action=action_json(actions[0], model.action_space),

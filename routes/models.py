@@ -58,14 +58,18 @@ def evaluate_model(
     request: Annotated[EvaluateRequest | None, Body()] = None,
 ) -> EvaluateResponse:
     request = request or EvaluateRequest()
-    model = store.load(model_name)
-    env_name = request.env_name or store.info(model_name).env_name
+    trained = store.load(model_name)
+    model, info = trained.model, store.info(model_name)
+    env_name = request.env_name or info.env_name
     if env_name is None:
         raise InvalidEvaluation(f"Model {model_name!r} has no recorded environment; give env_name")
-    observation_space, action_space = environment_spaces(env_name)
+    # On its own environment, a model is evaluated with the env_kwargs it was trained with.
+    env_kwargs = info.hyperparameters.get("env_kwargs") if env_name == info.env_name else None
+    observation_space, action_space = environment_spaces(env_name, env_kwargs)
     if observation_space.shape != model.observation_space.shape or action_space != model.action_space:
         raise InvalidEvaluation(f"Model {model_name!r} does not fit the spaces of {env_name!r}")
-    env = make_vec_env(env_name, n_envs=1, seed=request.seed)
+    # Its normalisation statistics, frozen: returns are the environment's own.
+    env = trained.wrap(make_vec_env(env_name, n_envs=1, seed=request.seed, env_kwargs=env_kwargs), training=False)
     try:
         returns, lengths = evaluate_policy(
             model,

@@ -18,8 +18,9 @@ import httpx
 from settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-# Small policies and budgets: the tests check the service, not how well GRPO learns.
-TINY = {"net_arch": [16], "n_steps": 32, "batch_size": 64, "n_epochs": 2}
+# Small policies and budgets: the tests check the service, not how well GRPO learns. One environment, whatever the
+# environment's preset says, so that a budget means the same number of rollouts everywhere.
+TINY = {"net_arch": [16], "n_steps": 32, "batch_size": 64, "n_epochs": 2, "n_envs": 1}
 CARTPOLE_OBS = [0.1, 0.0, 0.05, 0.0]
 
 

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from harness import CARTPOLE_OBS, TINY, assert_no_trace, make_settings, read_events, train, wait_for_job
 
 import api
+import presets
 import rewards
 import routes.dependencies
 import routes.training
@@ -259,7 +260,7 @@ def test_batch_inference(service: TestClient) -> None:
 
 
 def test_inference_matches_predict(service: TestClient) -> None:
-    model = service.app.state.store.load("cartpole")
+    model = service.app.state.store.load("cartpole").model
     action, _ = model.predict(np.array(CARTPOLE_OBS, dtype=np.float32), deterministic=True)
     body = service.post("/inference", json={"model_name": "cartpole", "observation": CARTPOLE_OBS}).json()
     assert body["action"] == int(action)
@@ -332,8 +333,12 @@ def test_model_metadata(service: TestClient) -> None:
     assert info["action_space"]["shape"] == [1] and info["action_space"]["high"] == [2.0]
     assert info["hyperparameters"]["reward_function_type"] == "env"
     assert info["hyperparameters"]["net_arch"] == [16]
-    # Left to GRPO's defaults in the request, read back from the model.
-    assert info["hyperparameters"]["group_size"] == GRPO("MlpPolicy", "Pendulum-v1", device="cpu").group_size
+    # Left open in the request: the environment's preset, else GRPO's own default, read back from the model.
+    hyperparameters = info["hyperparameters"]
+    assert hyperparameters["gamma"] == presets.load("Pendulum-v1").values["gamma"]
+    assert hyperparameters["clip_range"] == GRPO("MlpPolicy", "Pendulum-v1", device="cpu").clip_range(1.0)
+    expected_sources = {"gamma": "preset", "clip_range": "default", "group_size": "request"}
+    assert {name: hyperparameters["sources"][name] for name in expected_sources} == expected_sources
     assert "time/fps" in info["metrics"] and info["timesteps"] >= 400 and info["size_bytes"] > 0
     assert service.get("/models/missing").status_code == 404
     assert service.get("/models/..%2F..%2Fetc").status_code in (404, 422)
@@ -496,7 +501,8 @@ def test_events_follow_a_running_job_to_its_end(client: TestClient) -> None:
 def test_event_watchers_read_memory_not_the_database(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     runner = client.app.state.runner
     job_id = train(client, model_name="watched_live", total_timesteps=150_000)
-    wait_for_job(client, job_id, until=lambda s: s["current_timesteps"] > 500)
+    # Past the first rollout (CartPole's preset steps 8 environments), so that the job has points to read.
+    wait_for_job(client, job_id, until=lambda s: s["current_timesteps"] > 3_000)
 
     def no_database(*args: Any) -> Any:
         raise AssertionError("a watcher of a running job read the database")

@@ -31,7 +31,7 @@ def test_grpo_arguments_reach_the_model(client: TestClient) -> None:
     status = wait_for_job(client, job_id)
     assert status["status"] == "completed", status
     assert "train/kl_ref" in status["metrics"]  # beta > 0 trains against the reference policy
-    model = client.app.state.store.load("args")
+    model = client.app.state.store.load("args").model
     assert {name: getattr(model, name) for name in body} == body
     assert client.get("/models/args").json()["hyperparameters"]["group_size"] == 4
 
@@ -74,7 +74,7 @@ def test_a_subproc_job_whose_model_cannot_be_built_closes_its_processes(
         assert len(multiprocessing.active_children()) == 2  # the workers are up when the model is made
         raise ValueError("no model today")
 
-    monkeypatch.setattr(training, "_new_model", refuse)
+    monkeypatch.setattr(training, "GRPO", refuse)
     status = wait_for_job(client, train(client, total_timesteps=256, n_envs=2, vec_env="subproc"), timeout=120)
     assert status["status"] == "failed" and "no model today" in status["error_message"]
     assert not multiprocessing.active_children()
