@@ -288,7 +288,8 @@ class JobRunner:
             raise JobNotResumable(f"Training job {job_id} cannot start again: {error.detail}") from None
 
     def _recorded_config(self, record: JobRecord) -> TrainingConfig:
-        values = dict(record.config)
+        # A null is an unset value: the config's default fills it (a record from before a field had one).
+        values = {key: value for key, value in record.config.items() if value is not None}
         if values.get("checkpoint_interval") is None:  # recorded before checkpoints
             values["checkpoint_interval"] = self.settings.checkpoint_interval
         try:
