@@ -77,6 +77,9 @@ class _NoCritic:
     default_net_arch: ClassVar[list[int] | dict[str, list[int]] | None] = {"pi": [64, 64], "vf": []}
 
     def __init__(self, *args: Any, net_arch: list[int] | dict[str, list[int]] | None = None, **kwargs: Any):
+        if isinstance(net_arch, list) and net_arch and isinstance(net_arch[0], dict):
+            warnings.warn("net_arch=[dict(pi=..., vf=...)] is SB3's old format: pass the dict", stacklevel=3)
+            net_arch = net_arch[0]
         if net_arch is None:
             net_arch = self.default_net_arch
         elif isinstance(net_arch, dict):  # SB3's dict(pi=..., vf=...): the actor's part only
