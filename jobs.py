@@ -11,6 +11,7 @@ import re
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,8 @@ class JobRunner:
         self.settings = settings
         self.executor = executor or make_executor(settings)
         self._active: dict[str, ActiveJob] = {}
+        # Each queued job's one entry in the executor's queue, cancelled when the job is stopped before it starts.
+        self._queue_entries: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._last_write: dict[str, float] = {}
 
@@ -149,16 +152,21 @@ class JobRunner:
             config.total_timesteps,
             model_name,
         )
-        self.executor.submit(lambda: self._run(job))
+        self._enqueue(job)
         return self.get(job_id), config, position
 
-    def _admit(self, model_name: str, overwrite: bool) -> int:
-        """The admission check of every job that joins the queue, new or resumed; called under the lock, so two
-        requests for one name cannot both pass. Returns where the job would wait (0: a training slot is free)."""
+    def _admit(self, model_name: str, overwrite: bool, resumed: JobRecord | None = None) -> int:
+        """The admission check of every job that joins the queue, new or ``resumed``; called under the lock, so
+        two requests for one name cannot both pass. Returns where the job would wait (0: a training slot is free)."""
         if any(job.record.model_name == model_name for job in self._active.values()):
             raise ModelBusy(f"A queued or running job is already training model {model_name!r}")
         if not overwrite and self.store.exists(model_name):
-            raise ModelExists(f'Model {model_name!r} already exists; pass "overwrite": true to replace it')
+            if resumed is None:
+                raise ModelExists(f'Model {model_name!r} already exists; pass "overwrite": true to replace it')
+            raise ModelExists(
+                f"Model {model_name!r} is newer than training job {resumed.job_id}: another job (or a copied file) "
+                f'replaced it since; resume with {{"overwrite": true}} in the body to replace it with this job\'s'
+            )
         position = max(0, len(self._active) - self.settings.max_concurrent_jobs + 1)
         if position > self.settings.max_queued_jobs:
             raise TooManyJobs(
@@ -167,9 +175,10 @@ class JobRunner:
             )
         return position
 
-    def resume(self, job_id: str) -> tuple[JobRecord, int]:
+    def resume(self, job_id: str, overwrite: bool = False) -> tuple[JobRecord, int]:
         """Queue an interrupted, stopped or failed job again, under its own id, from its last checkpoint (from the
-        start when it has none) to its total_timesteps; returns its record and its place in the queue."""
+        start when it has none) to its total_timesteps; returns its record and its place in the queue. A model
+        saved under its name since (by another job) is replaced only with ``overwrite``, as /train would."""
         with self._lock:
             record = self.get(job_id)
             if job_id in self._active or record.status not in RESUMABLE_STATES:
@@ -177,8 +186,8 @@ class JobRunner:
                     f"Training job {job_id} is {record.status.value}; only interrupted, stopped and failed jobs resume"
                 )
             config = self._recorded_config(record)
-            # A resume saves over the job's own model: only a job training the name right now stands in its way.
-            position = self._admit(config.model_name, overwrite=True)
+            may_replace = overwrite or self._model_is_the_jobs_to_replace(record, config)
+            position = self._admit(config.model_name, may_replace, resumed=record)
             checkpoint = self._checkpoint_path(job_id)
             timesteps = (record.checkpoint_timesteps or 0) if checkpoint.is_file() else 0
             # The points past the checkpoint belong to training the resume redoes.
@@ -204,8 +213,22 @@ class JobRunner:
             )
             self._active[job_id] = job
         logger.info("job %s resumed from %d timesteps", job_id, timesteps)
-        self.executor.submit(lambda: self._run(job))
+        self._enqueue(job)
         return self.get(job_id), position
+
+    def _enqueue(self, job: ActiveJob) -> None:
+        entry = self.executor.submit(lambda: self._run(job))
+        with self._lock:
+            if self._active.get(job.record.job_id) is job and not job.started:
+                self._queue_entries[job.record.job_id] = entry
+
+    def _model_is_the_jobs_to_replace(self, record: JobRecord, config: TrainingConfig) -> bool:
+        """Whether the model under the job's name is its own (saved when it stopped), or the one its request
+        already agreed to replace (older than the job, submitted with overwrite); true when there is none."""
+        if not self.store.exists(config.model_name):
+            return True
+        model = self.store.record(config.model_name)
+        return model.job_id == record.job_id or (config.overwrite and model.created_at <= record.created_at)
 
     def _recorded_config(self, record: JobRecord) -> TrainingConfig:
         values = dict(record.config)
@@ -306,6 +329,10 @@ class JobRunner:
             cancel_queued = not job.started
             if cancel_queued:
                 del self._active[job_id]
+                # Its place in the queue goes too: a resume queues it again, once.
+                entry = self._queue_entries.pop(job_id, None)
+                if entry is not None:
+                    entry.cancel()
         if cancel_queued:
             self._finish(job, JobState.STOPPED, message="Stopped before it started; no model was trained")
             job.finished.set()
@@ -333,9 +360,10 @@ class JobRunner:
 
     def _run(self, job: ActiveJob) -> None:
         with self._lock:
-            if job.record.job_id not in self._active:
-                return  # stopped or shut down while queued, and already recorded so
+            if self._active.get(job.record.job_id) is not job:
+                return  # stopped or shut down while queued, and already recorded so (or resumed as a new entry)
             job.started = True
+            self._queue_entries.pop(job.record.job_id, None)
         job_id = job.record.job_id
         self._transition(job_id, JobState.RUNNING, start_time=utcnow())
         try:
@@ -350,7 +378,8 @@ class JobRunner:
             self._finish(job, JobState.FAILED, error_message=f"{type(error).__name__}: {error}")
         finally:
             with self._lock:
-                self._active.pop(job_id, None)
+                if self._active.get(job_id) is job:
+                    del self._active[job_id]
             self._last_write.pop(job_id, None)
             job.finished.set()
 

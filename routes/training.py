@@ -20,6 +20,7 @@ from schemas import (
     JobProgress,
     JobStatus,
     JobSummary,
+    ResumeRequest,
     ResumeResponse,
     StopResponse,
     TrainRequest,
@@ -137,10 +138,13 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
 
 
 @router.post("/training/{job_id}/resume", response_model=ResumeResponse, responses=error_responses(404, 409, 429))
-def resume_job(job_id: str, runner: RunnerDep) -> ResumeResponse:
+def resume_job(
+    job_id: str, runner: RunnerDep, request: Annotated[ResumeRequest | None, Body()] = None
+) -> ResumeResponse:
     """Go on training an interrupted, stopped or failed job, under the same id, from its last checkpoint to its
-    total_timesteps with the same settings; the model is saved under the job's model_name as before."""
-    record, position = runner.resume(job_id)
+    total_timesteps with the same settings; the model is saved under the job's model_name as before. A model saved
+    under that name by another job since is a 409, unless the body says {"overwrite": true}."""
+    record, position = runner.resume(job_id, overwrite=(request or ResumeRequest()).overwrite)
     where = f"the checkpoint at {record.current_timesteps} timesteps" if record.current_timesteps else "the start"
     message = f"Training resumed from {where}" + (f"; queued (position {position})" if position else "")
     return ResumeResponse.model_validate({**vars(record), "message": message})

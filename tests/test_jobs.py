@@ -272,3 +272,41 @@ def test_a_crashed_job_shows_its_checkpoint_and_one_without_resumes_from_the_sta
         response = client.post("/training/crashed/resume").json()
         assert response["message"] == "Training resumed from the start" and response["current_timesteps"] == 0
         assert wait_for_job(client, "crashed")["status"] == "completed"
+
+
+def test_resume_refuses_to_overwrite_a_newer_model_unless_asked(client: TestClient) -> None:
+    # Issue 17, 1: X trains m and is stopped; Y replaces m; resuming X must not silently put X's model back.
+    x = train(client, model_name="m", total_timesteps=150_000)
+    wait_for_job(client, x, until=lambda s: s["current_timesteps"] > 100)
+    assert client.post(f"/training/{x}/stop").json()["model_saved"]
+    y = train(client, model_name="m", total_timesteps=300, overwrite=True)
+    assert wait_for_job(client, y)["status"] == "completed"
+
+    refused = client.post(f"/training/{x}/resume")
+    assert refused.status_code == 409, refused.text
+    assert "newer" in refused.json()["detail"] and '"overwrite": true' in refused.json()["detail"]
+    assert client.get(f"/training/{x}/status").json()["status"] == "stopped"
+    assert client.get("/models/m").json()["job_id"] == y
+
+    resumed = client.post(f"/training/{x}/resume", json={"overwrite": True})
+    assert resumed.status_code == 200, resumed.text
+    assert client.post(f"/training/{x}/stop").json()["model_saved"]
+    assert client.get("/models/m").json()["job_id"] == x
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_a_stopped_queued_job_resumed_while_the_slots_are_busy_runs_once(tmp_path: Path, rounds: int) -> None:
+    # Issue 17, 2: one job, one queue entry, however often it was stopped and resumed while it waited.
+    with TestClient(create_app(make_settings(tmp_path, max_concurrent_jobs=1))) as client:
+        busy = train(client, model_name="qA", total_timesteps=150_000)
+        queued = train(client, model_name="qB", total_timesteps=512, seed=0)
+        for _ in range(rounds):
+            assert client.post(f"/training/{queued}/stop").json()["status"] == "stopped"
+            resumed = client.post(f"/training/{queued}/resume").json()
+            assert resumed["status"] == "queued" and resumed["current_timesteps"] == 0
+        assert client.get("/health").json()["queued_jobs"] == 1
+        client.post(f"/training/{busy}/stop")
+        done = wait_for_job(client, queued)
+        assert done["status"] == "completed" and done["current_timesteps"] >= 512, done
+        assert client.get("/models/qB").json()["timesteps"] >= 512
+
