@@ -7,6 +7,7 @@ Jobs run on an ``executors.Executor`` (threads, or Ray actors), which trains the
 """
 
 import logging
+import math
 import re
 import threading
 import time
@@ -36,12 +37,17 @@ from settings import Settings
 from store import Database, ModelStore, remove_temporary_files, save_atomically
 from training import (
     ActiveJob,
+    EnvironmentProbe,
     StopTraining,
     TrainingConfig,
     TrainingSettings,
-    environment_spaces,
+    default_group_size,
+    failure_message,
     hyperparameters,
+    probe_environment,
     record_point,
+    release_memory,
+    rollout_bytes_per_step,
 )
 
 logger = logging.getLogger("grpo.jobs")
@@ -53,17 +59,66 @@ SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscret
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
-def _check_request(request: TrainingSettings, settings: Settings) -> spaces.Space:
+def _check_request(request: TrainingSettings, settings: Settings) -> EnvironmentProbe:
     if request.total_timesteps > settings.max_total_timesteps:
         raise InvalidTrainingRequest(
             f"total_timesteps {request.total_timesteps} exceeds this server's maximum of {settings.max_total_timesteps}"
         )
-    observation_space, action_space = environment_spaces(request.env_name)
-    if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
-        raise InvalidTrainingRequest(f"Observation space {observation_space} is not supported")
-    if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
-        raise InvalidTrainingRequest(f"Action space {action_space} is not supported")
-    return observation_space
+    probe = probe_environment(request.env_name, request.seed)
+    if not isinstance(probe.observation_space, SUPPORTED_OBSERVATION_SPACES):
+        raise InvalidTrainingRequest(f"Observation space {probe.observation_space} is not supported")
+    if not isinstance(probe.action_space, SUPPORTED_ACTION_SPACES):
+        raise InvalidTrainingRequest(f"Action space {probe.action_space} is not supported")
+    return probe
+
+
+def _check_rollout_memory(config: TrainingConfig, probe: EnvironmentProbe, settings: Settings) -> None:
+    # A rollout holds at least n_steps x n_envs steps before GRPO updates, all in memory at once.
+    steps = config.n_steps * config.n_envs
+    per_step = rollout_bytes_per_step(probe, config.reward_function_type)
+    if steps * per_step > settings.max_rollout_bytes:
+        values = math.prod(probe.observation_space.shape or (1,))
+        raise InvalidTrainingRequest(
+            f"A rollout of n_steps x n_envs = {config.n_steps:,} x {config.n_envs} = {steps:,} steps would hold "
+            f"about {steps * per_step / 2**20:,.0f} MiB ({per_step} bytes a step for observations of {values} values), "
+            f"more than this server's {settings.max_rollout_bytes / 2**20:,.0f} MiB (GRPO_MAX_ROLLOUT_BYTES); lower "
+            f"n_steps or n_envs to at most {settings.max_rollout_bytes // per_step:,} steps a rollout"
+        )
+
+
+def _check_one_group_fits(config: TrainingConfig, probe: EnvironmentProbe) -> list[str]:
+    """Refuse a job whose budget cannot complete even one group, which would end without a single update; returns
+    notes for a job that may fall short later, as its episodes grow towards the time limit."""
+    group, budget, shortest = config.group_size or default_group_size(), config.total_timesteps, probe.shortest_episode
+    # The first group is played by the untrained policy, which acts about as randomly as the probe did.
+    if group * shortest > budget:
+        smaller = f", or lower group_size to at most {budget // shortest}" if budget // shortest >= 2 else ""
+        raise InvalidTrainingRequest(
+            f"total_timesteps {budget:,} cannot complete one group, so the job would end without a single update: "
+            f"a group is {group} episodes (group_size), and {config.env_name}'s episodes lasted at least {shortest} "
+            f"steps under random actions, as the untrained policy acts; raise total_timesteps to at least "
+            f"{group * shortest:,}{smaller}"
+        )
+    longest = probe.max_episode_steps
+    if longest is not None and group * longest > budget:
+        return [
+            f"Note: {config.env_name}'s episodes can last up to {longest} steps; once the policy makes them that "
+            f"long, a group of {group} takes {group * longest:,} steps, more than total_timesteps {budget:,}"
+        ]
+    return []
+
+
+def _check_batch_size(config: TrainingConfig, probe: EnvironmentProbe) -> list[str]:
+    # A rollout is at least n_steps x n_envs steps, and at least one whole group of episodes.
+    group = config.group_size or default_group_size()
+    episode = sum(probe.episode_lengths) / len(probe.episode_lengths) if probe.episode_lengths else 1.0
+    rollout = max(config.n_steps * config.n_envs, round(group * episode))
+    if config.batch_size > rollout:
+        return [
+            f"Note: batch_size {config.batch_size} is larger than a rollout of about {rollout:,} steps, so each "
+            "epoch trains on the whole rollout as one batch; lower batch_size, or raise n_steps or n_envs"
+        ]
+    return []
 
 
 def _default_reward_function(env_name: str) -> str:
@@ -116,12 +171,13 @@ class JobRunner:
     # requests
 
     def submit(self, request: TrainingSettings) -> tuple[JobRecord, TrainingConfig, int]:
-        """Queue a job; returns its record, its full settings and its place in the queue (0: starts now)."""
-        observation_space = _check_request(request, self.settings)
+        """Queue a job; returns its record (whose message holds any notes on its settings), its full settings and
+        its place in the queue (0: starts now)."""
+        probe = _check_request(request, self.settings)
         reward_function = request.reward_function_type
         if "reward_function_type" not in request.model_fields_set:
             reward_function = _default_reward_function(request.env_name)
-        _check_reward_function(reward_function, observation_space)
+        _check_reward_function(reward_function, probe.observation_space)
 
         job_id = str(uuid.uuid4())
         model_name = request.model_name or _generated_model_name(request.env_name, job_id)
@@ -131,6 +187,8 @@ class JobRunner:
             model_name=model_name,
             checkpoint_interval=request.checkpoint_interval or self.settings.checkpoint_interval,
         )
+        _check_rollout_memory(config, probe, self.settings)
+        notes = _check_one_group_fits(config, probe) + _check_batch_size(config, probe)
         record = JobRecord(
             job_id=job_id,
             status=JobState.QUEUED,
@@ -139,6 +197,7 @@ class JobRunner:
             config=config.model_dump(),
             total_timesteps=config.total_timesteps,
             created_at=utcnow(),
+            message="; ".join(notes) or None,
         )
         job = ActiveJob(record=record, config=config)
         with self._lock:
@@ -367,23 +426,23 @@ class JobRunner:
         job_id = job.record.job_id
         self._transition(job_id, JobState.RUNNING, start_time=utcnow())
         try:
-            model = self.executor.train(job, self.settings, self._report_progress, self._checkpoint)
-            job.timesteps = model.num_timesteps
-            self._conclude(job, model)
+            self._conclude(job, self.executor.train(job, self.settings, self._report_progress, self._checkpoint))
         except StopTraining:  # stopped before its training began anywhere
             state = JobState.INTERRUPTED if job.shutting_down else JobState.STOPPED
             self._finish(job, state, message="Stopped before its training started; no model was trained")
         except Exception as error:  # a job's failure is recorded on the job; the server goes on
             logger.exception("job %s failed", job_id)
-            self._finish(job, JobState.FAILED, error_message=f"{type(error).__name__}: {error}")
+            self._finish(job, JobState.FAILED, error_message=failure_message(error, job.config))
         finally:
             with self._lock:
                 if self._active.get(job_id) is job:
                     del self._active[job_id]
             self._last_write.pop(job_id, None)
             job.finished.set()
+            release_memory()  # nothing holds the job's model and rollout any more
 
     def _conclude(self, job: ActiveJob, model: GRPO) -> None:
+        job.timesteps = model.num_timesteps
         stopped = job.stop_requested.is_set() and model.num_timesteps < job.config.total_timesteps
         if stopped and model.num_timesteps > 0:
             self._checkpoint(job, model)  # a resume then loses nothing

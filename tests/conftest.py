@@ -40,7 +40,15 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
                 "/train", json={"model_name": "cartpole", "total_timesteps": 1024, "seed": 0, **TINY}
             ).json()["job_id"],
             test_client.post(
-                "/train", json={"env_name": "Pendulum-v1", "model_name": "pendulum", "total_timesteps": 400, **TINY}
+                "/train",
+                # Pendulum's episodes all last 200 steps: groups of two fit in 400.
+                json={
+                    "env_name": "Pendulum-v1",
+                    "model_name": "pendulum",
+                    "total_timesteps": 400,
+                    "group_size": 2,
+                    **TINY,
+                },
             ).json()["job_id"],
         ]
         for job_id in jobs:
