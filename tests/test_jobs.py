@@ -286,6 +286,11 @@ def test_resume_refuses_to_overwrite_a_newer_model_unless_asked(client: TestClie
     assert client.post(f"/training/{x}/stop").json()["model_saved"]
     y = train(client, model_name="m", total_timesteps=300, overwrite=True)
     assert wait_for_job(client, y)["status"] == "completed"
+    # Its record says completed a moment before it leaves the runner; until then the name is busy, not newer.
+    deadline = time.monotonic() + 10
+    while client.get("/health").json()["active_jobs"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
 
     refused = client.post(f"/training/{x}/resume")
     assert refused.status_code == 409, refused.text
