@@ -348,6 +348,10 @@ def test_a_finished_job_gives_its_memory_back(client: TestClient, monkeypatch: p
     monkeypatch.setattr(jobs, "release_memory", lambda: released.append("released"))
     job_id = train(client, model_name="freed", total_timesteps=300)
     assert wait_for_job(client, job_id)["status"] == "completed"
+    deadline = time.monotonic() + 10  # the record says completed just before the job's thread lets go of it
+    while not released:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
     gc.collect()
     # Nothing keeps the trained model (and its rollout) alive, and the allocator was asked to give the pages back.
     assert models and all(ref() is None for ref in models)
