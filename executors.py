@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -49,7 +49,9 @@ class Executor(Protocol):
     """Where jobs run. ``submit`` must start work in the order given once capacity frees up; the work calls
     ``train`` for the job's model."""
 
-    def submit(self, work: Callable[[], None]) -> None: ...
+    def submit(self, work: Callable[[], None]) -> Future[None]:
+        """Queue ``work``; cancelling the returned future takes it out of the queue if it has not started."""
+        ...
 
     def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
         """Train the job's model until its total_timesteps or until ``job.stop_requested``; keep ``job``'s
@@ -89,8 +91,8 @@ class ThreadExecutor:
             initargs=(niceness,),
         )
 
-    def submit(self, work: Callable[[], None]) -> None:
-        self._pool.submit(work)
+    def submit(self, work: Callable[[], None]) -> Future[None]:
+        return self._pool.submit(work)
 
     def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
         logs = settings.jobs_dir / job.record.job_id
@@ -216,8 +218,8 @@ class RayExecutor:
                 )
         logger.info("training on Ray: %s", ray.cluster_resources())
 
-    def submit(self, work: Callable[[], None]) -> None:
-        self._threads.submit(work)
+    def submit(self, work: Callable[[], None]) -> Future[None]:
+        return self._threads.submit(work)
 
     def actor(self, job_id: str) -> Any:
         """The Ray actor handle training a job, while it runs (for operators and tests)."""

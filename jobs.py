@@ -7,10 +7,12 @@ Jobs run on an ``executors.Executor`` (threads, or Ray actors), which trains the
 """
 
 import logging
+import math
 import re
 import threading
 import time
 import uuid
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,15 +40,21 @@ from settings import Settings
 from store import Database, ModelStore, describe_space, remove_temporary_files, save_atomically
 from training import (
     ActiveJob,
+    EnvironmentProbe,
     StopTraining,
     TrainingConfig,
     TrainingSettings,
+    default_group_size,
     default_policy,
     environment_spaces,
+    failure_message,
     hyperparameters,
     make_environments,
+    probe_environment,
     record_point,
+    release_memory,
     resolve_settings,
+    rollout_bytes_per_step,
 )
 
 logger = logging.getLogger("grpo.jobs")
@@ -58,17 +66,71 @@ SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscret
 SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
 
 
-def _check_config(config: TrainingConfig, settings: Settings) -> spaces.Space:
+def _check_config(config: TrainingConfig, settings: Settings) -> EnvironmentProbe:
     if config.total_timesteps > settings.max_total_timesteps:
         raise InvalidTrainingRequest(
             f"total_timesteps {config.total_timesteps} exceeds this server's maximum of {settings.max_total_timesteps}"
         )
-    observation_space, action_space = environment_spaces(config.env_name, config.env_kwargs)
-    if not isinstance(observation_space, SUPPORTED_OBSERVATION_SPACES):
-        raise InvalidTrainingRequest(f"Observation space {observation_space} is not supported")
-    if not isinstance(action_space, SUPPORTED_ACTION_SPACES):
-        raise InvalidTrainingRequest(f"Action space {action_space} is not supported")
-    return observation_space
+    probe = probe_environment(config.env_name, config.seed, config.env_kwargs)
+    if not isinstance(probe.observation_space, SUPPORTED_OBSERVATION_SPACES):
+        raise InvalidTrainingRequest(f"Observation space {probe.observation_space} is not supported")
+    if not isinstance(probe.action_space, SUPPORTED_ACTION_SPACES):
+        raise InvalidTrainingRequest(f"Action space {probe.action_space} is not supported")
+    return probe
+
+
+def _check_rollout_memory(config: TrainingConfig, probe: EnvironmentProbe, settings: Settings) -> None:
+    # A rollout holds at least n_steps x n_envs steps before GRPO updates, all in memory at once.
+    steps = config.n_steps * config.n_envs
+    per_step = rollout_bytes_per_step(probe, config.reward_function_type)
+    if steps * per_step > settings.max_rollout_bytes:
+        values = math.prod(probe.observation_space.shape or (1,))
+        raise InvalidTrainingRequest(
+            f"A rollout of n_steps x n_envs = {config.n_steps:,} x {config.n_envs} = {steps:,} steps would hold "
+            f"about {steps * per_step / 2**20:,.0f} MiB ({per_step} bytes a step for observations of {values} values), "
+            f"more than this server's {settings.max_rollout_bytes / 2**20:,.0f} MiB (GRPO_MAX_ROLLOUT_BYTES); lower "
+            f"n_steps or n_envs to at most {settings.max_rollout_bytes // per_step:,} steps a rollout"
+        )
+
+
+def _check_one_group_fits(config: TrainingConfig, probe: EnvironmentProbe) -> list[str]:
+    """Refuse a job whose budget cannot complete even one group, which would end without a single update; returns
+    notes for a job that may fall short later, as its episodes grow towards the time limit. Branching (state
+    mode) completes its groups as it goes: they need no whole episodes."""
+    if config.group_mode == "state":
+        return []
+    group, budget, shortest = config.group_size or default_group_size(), config.total_timesteps, probe.shortest_episode
+    # The first group is played by the untrained policy, which acts about as randomly as the probe did.
+    if group * shortest > budget:
+        smaller = f", or lower group_size to at most {budget // shortest}" if budget // shortest >= 2 else ""
+        raise InvalidTrainingRequest(
+            f"total_timesteps {budget:,} cannot complete one group, so the job would end without a single update: "
+            f"a group is {group} episodes (group_size), and {config.env_name}'s episodes lasted at least {shortest} "
+            f"steps under random actions, as the untrained policy acts; raise total_timesteps to at least "
+            f"{group * shortest:,}{smaller}"
+        )
+    longest = probe.max_episode_steps
+    if longest is not None and group * longest > budget:
+        return [
+            f"Note: {config.env_name}'s episodes can last up to {longest} steps; once the policy makes them that "
+            f"long, a group of {group} takes {group * longest:,} steps, more than total_timesteps {budget:,}"
+        ]
+    return []
+
+
+def _check_batch_size(config: TrainingConfig, probe: EnvironmentProbe) -> list[str]:
+    # A rollout is at least n_steps x n_envs steps, and at least one whole group of episodes (episode mode).
+    if config.group_mode == "state":
+        return []
+    group = config.group_size or default_group_size()
+    episode = sum(probe.episode_lengths) / len(probe.episode_lengths) if probe.episode_lengths else 1.0
+    rollout = max(config.n_steps * config.n_envs, round(group * episode))
+    if config.batch_size > rollout:
+        return [
+            f"Note: batch_size {config.batch_size} is larger than a rollout of about {rollout:,} steps, so each "
+            "epoch trains on the whole rollout as one batch; lower batch_size, or raise n_steps or n_envs"
+        ]
+    return []
 
 
 def _check_policy(policy: str, observation_space: spaces.Space) -> None:
@@ -136,6 +198,8 @@ class JobRunner:
         self.presets = presets or {}  # env id -> the settings a request's omitted fields take
         self.executor = executor or make_executor(settings)
         self._active: dict[str, ActiveJob] = {}
+        # Each queued job's one entry in the executor's queue, cancelled when the job is stopped before it starts.
+        self._queue_entries: dict[str, Future[None]] = {}
         self._lock = threading.Lock()
         self._last_write: dict[str, float] = {}
 
@@ -153,11 +217,14 @@ class JobRunner:
     # requests
 
     def submit(self, request: TrainingSettings) -> tuple[JobRecord, TrainingConfig, int]:
-        """Queue a job; returns its record, its full settings and its place in the queue (0: starts now)."""
+        """Queue a job; returns its record (whose message holds any notes on its settings), its full settings and
+        its place in the queue (0: starts now)."""
         job_id = str(uuid.uuid4())
-        config = self._config(request, job_id)
+        config, probe = self._config(request, job_id)
         model_name = config.model_name
         init = self._init_model(config)
+        _check_rollout_memory(config, probe, self.settings)
+        notes = _check_one_group_fits(config, probe) + _check_batch_size(config, probe)
         record = JobRecord(
             job_id=job_id,
             status=JobState.QUEUED,
@@ -166,6 +233,7 @@ class JobRunner:
             config=config.model_dump(),
             total_timesteps=config.total_timesteps,
             created_at=utcnow(),
+            message="; ".join(notes) or None,
         )
         job = ActiveJob(record=record, config=config, init_from=init)
         with self._lock:
@@ -179,10 +247,10 @@ class JobRunner:
             config.total_timesteps,
             model_name,
         )
-        self.executor.submit(lambda: self._run(job))
+        self._enqueue(job)
         return self.get(job_id), config, position
 
-    def _config(self, request: TrainingSettings, job_id: str) -> TrainingConfig:
+    def _config(self, request: TrainingSettings, job_id: str) -> tuple[TrainingConfig, EnvironmentProbe]:
         """The request with every value filled in (the environment's preset, then the defaults), checked against the
         environment it names."""
         values, sources = resolve_settings(request, self.presets.get(request.env_name))
@@ -198,13 +266,14 @@ class JobRunner:
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"])
             raise InvalidTrainingRequest(f"Setting {where} ({sources.get(where, 'preset')}): {first['msg']}") from None
-        observation_space = _check_config(config, self.settings)
+        probe = _check_config(config, self.settings)
+        observation_space = probe.observation_space
         if sources["policy"] == "default":
             config.policy = default_policy(observation_space)
         _check_policy(config.policy, observation_space)
         _check_reward_function(config.reward_function_type, observation_space)
         _check_branching(config)
-        return config
+        return config, probe
 
     def _init_model(self, config: TrainingConfig) -> bytes | None:
         """The zip of the saved model a job starts from (RL Zoo's ``-i``), checked against the job's environment."""
@@ -224,13 +293,18 @@ class JobRunner:
             )
         return self.store.read_bytes(config.init_model)
 
-    def _admit(self, model_name: str, overwrite: bool) -> int:
-        """The admission check of every job that joins the queue, new or resumed; called under the lock, so two
-        requests for one name cannot both pass. Returns where the job would wait (0: a training slot is free)."""
+    def _admit(self, model_name: str, overwrite: bool, resumed: JobRecord | None = None) -> int:
+        """The admission check of every job that joins the queue, new or ``resumed``; called under the lock, so
+        two requests for one name cannot both pass. Returns where the job would wait (0: a training slot is free)."""
         if any(job.record.model_name == model_name for job in self._active.values()):
             raise ModelBusy(f"A queued or running job is already training model {model_name!r}")
         if not overwrite and self.store.exists(model_name):
-            raise ModelExists(f'Model {model_name!r} already exists; pass "overwrite": true to replace it')
+            if resumed is None:
+                raise ModelExists(f'Model {model_name!r} already exists; pass "overwrite": true to replace it')
+            raise ModelExists(
+                f"Model {model_name!r} is newer than training job {resumed.job_id}: another job (or a copied file) "
+                f'replaced it since; resume with {{"overwrite": true}} in the body to replace it with this job\'s'
+            )
         position = max(0, len(self._active) - self.settings.max_concurrent_jobs + 1)
         if position > self.settings.max_queued_jobs:
             raise TooManyJobs(
@@ -239,9 +313,10 @@ class JobRunner:
             )
         return position
 
-    def resume(self, job_id: str) -> tuple[JobRecord, int]:
+    def resume(self, job_id: str, overwrite: bool = False) -> tuple[JobRecord, int]:
         """Queue an interrupted, stopped or failed job again, under its own id, from its last checkpoint (from the
-        start when it has none) to its total_timesteps; returns its record and its place in the queue."""
+        start when it has none) to its total_timesteps; returns its record and its place in the queue. A model
+        saved under its name since (by another job) is replaced only with ``overwrite``, as /train would."""
         with self._lock:
             record = self.get(job_id)
             if job_id in self._active or record.status not in RESUMABLE_STATES:
@@ -249,8 +324,8 @@ class JobRunner:
                     f"Training job {job_id} is {record.status.value}; only interrupted, stopped and failed jobs resume"
                 )
             config = self._recorded_config(record)
-            # A resume saves over the job's own model: only a job training the name right now stands in its way.
-            position = self._admit(config.model_name, overwrite=True)
+            may_replace = overwrite or self._model_is_the_jobs_to_replace(record, config)
+            position = self._admit(config.model_name, may_replace, resumed=record)
             checkpoint = self._checkpoint_path(job_id)
             timesteps = (record.checkpoint_timesteps or 0) if checkpoint.is_file() else 0
             # The points past the checkpoint belong to training the resume redoes.
@@ -277,7 +352,7 @@ class JobRunner:
             )
             self._active[job_id] = job
         logger.info("job %s resumed from %d timesteps", job_id, timesteps)
-        self.executor.submit(lambda: self._run(job))
+        self._enqueue(job)
         return self.get(job_id), position
 
     def _resumable_init_model(self, job_id: str, config: TrainingConfig) -> bytes | None:
@@ -286,6 +361,20 @@ class JobRunner:
             return self._init_model(config)
         except InvalidTrainingRequest as error:
             raise JobNotResumable(f"Training job {job_id} cannot start again: {error.detail}") from None
+
+    def _enqueue(self, job: ActiveJob) -> None:
+        entry = self.executor.submit(lambda: self._run(job))
+        with self._lock:
+            if self._active.get(job.record.job_id) is job and not job.started:
+                self._queue_entries[job.record.job_id] = entry
+
+    def _model_is_the_jobs_to_replace(self, record: JobRecord, config: TrainingConfig) -> bool:
+        """Whether the model under the job's name is its own (saved when it stopped), or the one its request
+        already agreed to replace (older than the job, submitted with overwrite); true when there is none."""
+        if not self.store.exists(config.model_name):
+            return True
+        model = self.store.record(config.model_name)
+        return model.job_id == record.job_id or (config.overwrite and model.created_at <= record.created_at)
 
     def _recorded_config(self, record: JobRecord) -> TrainingConfig:
         # A null is an unset value: the config's default fills it (a record from before a field had one).
@@ -387,6 +476,10 @@ class JobRunner:
             cancel_queued = not job.started
             if cancel_queued:
                 del self._active[job_id]
+                # Its place in the queue goes too: a resume queues it again, once.
+                entry = self._queue_entries.pop(job_id, None)
+                if entry is not None:
+                    entry.cancel()
         if cancel_queued:
             self._finish(job, JobState.STOPPED, message="Stopped before it started; no model was trained")
             job.finished.set()
@@ -414,28 +507,30 @@ class JobRunner:
 
     def _run(self, job: ActiveJob) -> None:
         with self._lock:
-            if job.record.job_id not in self._active:
-                return  # stopped or shut down while queued, and already recorded so
+            if self._active.get(job.record.job_id) is not job:
+                return  # stopped or shut down while queued, and already recorded so (or resumed as a new entry)
             job.started = True
+            self._queue_entries.pop(job.record.job_id, None)
         job_id = job.record.job_id
         self._transition(job_id, JobState.RUNNING, start_time=utcnow())
         try:
-            model = self.executor.train(job, self.settings, self._report_progress, self._checkpoint)
-            job.timesteps = model.num_timesteps
-            self._conclude(job, model)
+            self._conclude(job, self.executor.train(job, self.settings, self._report_progress, self._checkpoint))
         except StopTraining:  # stopped before its training began anywhere
             state = JobState.INTERRUPTED if job.shutting_down else JobState.STOPPED
             self._finish(job, state, message="Stopped before its training started; no model was trained")
         except Exception as error:  # a job's failure is recorded on the job; the server goes on
             logger.exception("job %s failed", job_id)
-            self._finish(job, JobState.FAILED, error_message=f"{type(error).__name__}: {error}")
+            self._finish(job, JobState.FAILED, error_message=failure_message(error, job.config))
         finally:
             with self._lock:
-                self._active.pop(job_id, None)
+                if self._active.get(job_id) is job:
+                    del self._active[job_id]
             self._last_write.pop(job_id, None)
             job.finished.set()
+            release_memory()  # nothing holds the job's model and rollout any more
 
     def _conclude(self, job: ActiveJob, model: GRPO) -> None:
+        job.timesteps = model.num_timesteps
         stopped = job.stop_requested.is_set() and model.num_timesteps < job.config.total_timesteps
         if stopped and model.num_timesteps > 0:
             self._checkpoint(job, model)  # a resume then loses nothing

@@ -150,6 +150,14 @@ class StopResponse(BaseModel):
     model_name: str
 
 
+class ResumeRequest(StrictModel):
+    """The optional body of POST /training/{job_id}/resume."""
+
+    overwrite: bool = Field(
+        False, description="Replace a model saved under the job's model_name by another job since this one stopped"
+    )
+
+
 class ResumeResponse(BaseModel):
     job_id: str = Field(description="The same job: it goes on under its own id")
     message: str = Field(examples=["Training resumed from the checkpoint at 20000 timesteps"])

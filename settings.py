@@ -35,6 +35,12 @@ class Settings(BaseSettings):
         16, ge=0, description="Jobs that may wait for a training slot; past it, POST /train answers 429"
     )
     max_total_timesteps: int = Field(10_000_000, ge=1, description="Largest total_timesteps one job may ask for")
+    max_rollout_bytes: int = Field(
+        512 * 2**20,
+        ge=2**20,
+        description="Memory one job's rollout may take, in bytes, as estimated from n_steps x n_envs x the size of "
+        "an observation; a training request past it is a 400",
+    )
     job_timeout_s: float | None = Field(
         24 * 3600.0,
         gt=0,

@@ -399,15 +399,18 @@ class ModelStore:
         except FileNotFoundError:
             raise ModelNotFound(f"Model {name!r} not found") from None
 
-    def info(self, name: str) -> ModelRecord:
-        path = self.path_for(name)
-        if not path.is_file():
+    def record(self, name: str) -> ModelRecord:
+        """The model's record as the database has it, or, for a zip copied into the folder by hand, as its file
+        says (no spaces: reading them loads the model)."""
+        if not self.path_for(name).is_file():
             raise ModelNotFound(f"Model {name!r} not found")
-        record = self.db.get_model(name)
-        if record is None:
+        return self.db.get_model(name) or self._file_record(name)
+
+    def info(self, name: str) -> ModelRecord:
+        record = self.record(name)
+        if record.observation_space is None:
             # A zip copied into the folder by hand: its spaces come from the zip itself.
             model = self.load(name).model
-            record = self._file_record(name)
             record.observation_space = describe_space(model.observation_space)
             record.action_space = describe_space(model.action_space)
         return record

@@ -6,10 +6,14 @@ Nothing here knows about HTTP: ``schemas.TrainRequest`` builds on ``TrainingSett
 """
 
 import bisect
+import ctypes
 import difflib
+import gc
 import inspect
 import io
+import logging
 import math
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +35,8 @@ from errors import UnknownEnvironment
 from grpo import ADVANTAGE_MODES, GROUP_MODES, GRPO, SCALE_REWARDS
 from records import JobRecord, MetricPoint, ModelName
 from rewards import REWARD_FUNCTIONS
+
+logger = logging.getLogger("grpo.training")
 
 # The settings that go to GRPO's constructor as they are, when given.
 GRPO_ARGUMENTS = frozenset(
@@ -95,10 +101,17 @@ class TrainingSettings(BaseModel):
 
     env_name: str = Field("CartPole-v1", min_length=1, max_length=200, description="Gymnasium environment id")
     total_timesteps: int = Field(10_000, ge=1, description="Environment steps to train for (the server caps it)")
-    learning_rate: float = Field(3e-4, gt=0, le=1)
-    n_steps: int = Field(32, ge=1, le=100_000, description="Steps per environment per rollout")
-    batch_size: int = Field(64, ge=2, le=1_000_000)
-    n_epochs: int = Field(10, ge=1, le=1_000)
+    learning_rate: float = Field(3e-4, gt=0, le=1, description="Adam's step size for the policy")
+    n_steps: int = Field(
+        32,
+        ge=1,
+        le=100_000,
+        description="Steps per environment per rollout, at least; a rollout goes on until its groups are complete",
+    )
+    batch_size: int = Field(
+        64, ge=2, le=1_000_000, description="Steps per gradient step; each epoch goes through the rollout in batches"
+    )
+    n_epochs: int = Field(10, ge=1, le=1_000, description="Passes over each rollout's steps")
     reward_function_type: str = Field(
         "optimized_cartpole",
         max_length=100,
@@ -114,11 +127,17 @@ class TrainingSettings(BaseModel):
     scale_rewards: Literal[SCALE_REWARDS] | None = Field(  # type: ignore[valid-type]
         None, description="Divide advantages by the std of the group (DeepSeekMath), the batch, or none (Dr. GRPO)"
     )
-    gamma: float | None = Field(None, ge=0, le=1)
-    clip_range: float | None = Field(None, gt=0, le=1)
+    gamma: float | None = Field(
+        None, ge=0, le=1, description="Discount of later rewards in an episode's returns (1: all count alike)"
+    )
+    clip_range: float | None = Field(
+        None, gt=0, le=1, description="PPO's clip: how far one update may move an action's probability ratio from 1"
+    )
     clip_range_high: float | None = Field(None, gt=0, le=1, description="DAPO's upper clip (null: clip_range)")
     beta: float | None = Field(None, ge=0, le=10, description="Weight of the KL penalty to the reference policy")
-    ent_coef: float | None = Field(None, ge=0, le=1)
+    ent_coef: float | None = Field(
+        None, ge=0, le=1, description="Weight of the entropy bonus, which keeps the policy exploring"
+    )
     max_grad_norm: float | None = Field(None, gt=0, le=1_000)
     target_kl: float | None = Field(None, gt=0, le=10)
     n_envs: int | None = Field(
@@ -138,7 +157,9 @@ class TrainingSettings(BaseModel):
     num_gpus: float | None = Field(
         None, ge=0, le=64, description="Ray executor: GPUs the job's actor reserves; above 0 it trains on CUDA"
     )
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    seed: int | None = Field(
+        None, ge=0, le=2**32 - 1, description="Seed of the environments and the policy, for a repeatable run"
+    )
     net_arch: list[Annotated[int, Field(ge=1, le=4_096)]] | None = Field(
         None, max_length=8, description="Hidden layer sizes of the policy (default: SB3's [64, 64])"
     )
@@ -269,22 +290,87 @@ def default_policy(observation_space: spaces.Space) -> PolicyName:
     return "MlpPolicy"
 
 
-def environment_spaces(env_name: str, env_kwargs: dict[str, Any] | None = None) -> tuple[spaces.Space, spaces.Space]:
-    """The observation and action spaces of a registered gymnasium environment, or a helpful error."""
+def _make_registered(env_name: str, env_kwargs: dict[str, Any] | None = None) -> gym.Env:
     # Only registered ids: gym.make would import any "module:Env" string it is given.
     if env_name not in gym.registry:
         close = difflib.get_close_matches(env_name, list(gym.registry), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(name) for name in close)}?" if close else ""
         raise UnknownEnvironment(f"Unknown environment {env_name!r}{hint}")
     try:
-        env = gym.make(env_name, **(env_kwargs or {}))
+        return gym.make(env_name, **(env_kwargs or {}))
     except Exception as error:  # anything a third-party constructor throws is a bad choice of environment
         with_kwargs = f" with env_kwargs {env_kwargs}" if env_kwargs else ""
         raise UnknownEnvironment(f"Environment {env_name!r} cannot be created here{with_kwargs}: {error}") from error
+
+
+def environment_spaces(env_name: str, env_kwargs: dict[str, Any] | None = None) -> tuple[spaces.Space, spaces.Space]:
+    """The observation and action spaces of a registered gymnasium environment, or a helpful error."""
+    env = _make_registered(env_name, env_kwargs)
     try:
         return env.observation_space, env.action_space
     finally:
         env.close()
+
+
+@dataclass
+class EnvironmentProbe:
+    """What a job's environment looks like before it trains: its spaces, and how long its episodes last."""
+
+    observation_space: spaces.Space
+    action_space: spaces.Space
+    # Lengths of the episodes that ended under random actions (the untrained policy acts about as randomly).
+    episode_lengths: list[int]
+    max_episode_steps: int | None  # the spec's time limit: how long an episode can last at most
+
+    @property
+    def shortest_episode(self) -> int:
+        # An episode takes at least one step; that is all that is known when none ended within the probe.
+        return min(self.episode_lengths, default=1)
+
+
+def probe_environment(
+    env_name: str,
+    seed: int | None,
+    env_kwargs: dict[str, Any] | None = None,
+    max_episodes: int = 16,
+    max_steps: int = 2_000,
+    max_seconds: float = 0.5,
+) -> EnvironmentProbe:
+    """Play the environment with random actions for a few episodes, within a few thousand steps and half a second."""
+    env = _make_registered(env_name, env_kwargs)
+    lengths: list[int] = []
+    try:
+        env.action_space.seed(seed)
+        steps, deadline = 0, time.monotonic() + max_seconds
+        while len(lengths) < max_episodes and steps < max_steps and time.monotonic() < deadline:
+            env.reset(seed=(seed or 0) + len(lengths))
+            length, ended = 0, False
+            while not ended and steps < max_steps:
+                _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                length, steps, ended = length + 1, steps + 1, terminated or truncated
+            if ended:
+                lengths.append(length)
+    except Exception as error:  # a third-party environment that fails here fails again, with its reason, in the job
+        logger.info("probing %s with random actions failed: %s", env_name, error)
+    finally:
+        env.close()
+    spec = env.spec
+    return EnvironmentProbe(env.observation_space, env.action_space, lengths, spec.max_episode_steps if spec else None)
+
+
+def default_group_size() -> int:
+    """GRPO's own group size, for requests that leave it open."""
+    return inspect.signature(GRPO.__init__).parameters["group_size"].default
+
+
+def rollout_bytes_per_step(probe: EnvironmentProbe, reward_function: str) -> int:
+    """What one environment step costs GRPO's rollout at its peak: the observation (and the next one, which a
+    reward function needs) in the in-flight episodes, again in the training batch and once more as tensors; the
+    action twice; and about sixty bytes of per-step values (rewards, log-probabilities, episode ids, ...)."""
+    observation_values = int(np.prod(probe.observation_space.shape or (1,)))
+    action_values = int(np.prod(probe.action_space.shape or (1,)))
+    observation_copies = 3 if REWARD_FUNCTIONS[reward_function] is None else 5
+    return 4 * (observation_values * observation_copies + 2 * action_values) + 64
 
 
 def make_environments(config: TrainingConfig, normalizer: bytes | None = None) -> VecEnv:
@@ -543,3 +629,29 @@ def train_model(
         model.env.close()  # before the job is recorded as ended: a subproc env's workers end with it
     job.timesteps = model.num_timesteps
     return model
+
+
+def failure_message(error: Exception, config: TrainingConfig) -> str:
+    """What a failed job's record says: what went wrong in a line or two, and what to try when the cause is
+    known; the full traceback goes to the server's log."""
+    text = str(error)
+    if "nan" in text.lower() and "invalid values" in text:  # torch's distributions refuse NaN parameters
+        return (
+            "Training diverged: the policy's outputs became NaN (its weights overflowed in an update). Try a lower "
+            f"learning_rate (this job: {config.learning_rate:g}), a smaller max_grad_norm, scale_rewards 'group', "
+            "or a reward function with smaller values."
+        )
+    lines = text.splitlines()
+    more = f" (+{len(lines) - 1} more lines in the server's log)" if len(lines) > 1 else ""
+    return f"{type(error).__name__}: {lines[0] if lines else ''}{more}"
+
+
+def release_memory() -> None:
+    """Give the memory of a finished job back to the system: collect its reference cycles, then ask glibc to
+    return the freed heap pages, which it otherwise keeps, leaving the process at its peak size."""
+    gc.collect()
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to trim
+            pass

@@ -1,10 +1,10 @@
 """Actions from a trained model, for one observation or a batch."""
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch as th
-from fastapi import APIRouter
+from fastapi import APIRouter, Body
 from gymnasium import spaces
 
 from errors import BatchTooLarge, InvalidObservation, ModelNotFound
@@ -14,6 +14,17 @@ from routes.responses import error_responses
 from schemas import BatchInferenceResponse, InferenceRequest, InferenceResponse
 
 router = APIRouter(tags=["inference"])
+# What Swagger UI offers to send: one observation or a batch, never both (that is a 422).
+INFERENCE_EXAMPLES = {
+    "single": {
+        "summary": "One observation (the API document's example)",
+        "value": {"model_name": "test_model", "observation": [0.1, 0.0, 0.05, 0.0]},
+    },
+    "batch": {
+        "summary": "A batch of observations",
+        "value": {"model_name": "test_model", "observations": [[0.1, 0.0, 0.05, 0.0], [0.0, 0.1, -0.02, 0.3]]},
+    },
+}
 
 
 def observation_batch(model: GRPO, observations: Any, model_name: str) -> np.ndarray:
@@ -72,7 +83,10 @@ def action_json(action: np.ndarray, space: spaces.Space) -> Any:
     responses=error_responses(400, 404, 413, 500),
 )
 def inference(
-    request: InferenceRequest, store: StoreDep, runner: RunnerDep, settings: SettingsDep
+    request: Annotated[InferenceRequest, Body(openapi_examples=INFERENCE_EXAMPLES)],
+    store: StoreDep,
+    runner: RunnerDep,
+    settings: SettingsDep,
 ) -> InferenceResponse | BatchInferenceResponse:
     if request.observations is not None and len(request.observations) > settings.max_inference_batch:
         raise BatchTooLarge(

@@ -20,6 +20,7 @@ from schemas import (
     JobProgress,
     JobStatus,
     JobSummary,
+    ResumeRequest,
     ResumeResponse,
     StopResponse,
     TrainRequest,
@@ -36,11 +37,38 @@ EVENT_RETRY_MS = 1000
 router = APIRouter(tags=["training"])
 
 
+# What Swagger UI offers to send: each one a request the server accepts.
+TRAIN_EXAMPLES = {
+    "document": {
+        "summary": "The API document's example",
+        "value": {"env_name": "CartPole-v1", "total_timesteps": 5000, "model_name": "test_model"},
+    },
+    "defaults": {"summary": "Every default: CartPole, 10,000 steps", "value": {}},
+    "grpo": {
+        "summary": "GRPO's own settings",
+        "value": {
+            "env_name": "CartPole-v1",
+            "total_timesteps": 50_000,
+            "n_envs": 4,
+            "group_size": 8,
+            "scale_rewards": "group",
+            "learning_rate": 0.001,
+            "seed": 0,
+            "model_name": "cartpole_grpo",
+        },
+    },
+}
+
+
 @router.post("/train", response_model=TrainResponse, responses=error_responses(400, 409, 413, 429))
-def train(runner: RunnerDep, request: Annotated[TrainRequest | None, Body()] = None) -> TrainResponse:
+def train(
+    runner: RunnerDep, request: Annotated[TrainRequest | None, Body(openapi_examples=TRAIN_EXAMPLES)] = None
+) -> TrainResponse:
     # No body at all trains with every default, like an empty one.
     record, config, position = runner.submit(request or TrainRequest())
     message = "Training started" if position == 0 else f"Training queued (position {position})"
+    if record.message:  # notes on its settings
+        message += f". {record.message}"
     return TrainResponse(job_id=record.job_id, message=message, config=config)
 
 
@@ -136,11 +164,14 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     return StopResponse.model_validate({**vars(record), "message": message})
 
 
-@router.post("/training/{job_id}/resume", response_model=ResumeResponse, responses=error_responses(404, 409, 429))
-def resume_job(job_id: str, runner: RunnerDep) -> ResumeResponse:
+@router.post("/training/{job_id}/resume", response_model=ResumeResponse, responses=error_responses(400, 404, 409, 429))
+def resume_job(
+    job_id: str, runner: RunnerDep, request: Annotated[ResumeRequest | None, Body()] = None
+) -> ResumeResponse:
     """Go on training an interrupted, stopped or failed job, under the same id, from its last checkpoint to its
-    total_timesteps with the same settings; the model is saved under the job's model_name as before."""
-    record, position = runner.resume(job_id)
+    total_timesteps with the same settings; the model is saved under the job's model_name as before. A model saved
+    under that name by another job since is a 409, unless the body says {"overwrite": true}."""
+    record, position = runner.resume(job_id, overwrite=(request or ResumeRequest()).overwrite)
     where = f"the checkpoint at {record.current_timesteps} timesteps" if record.current_timesteps else "the start"
     message = f"Training resumed from {where}" + (f"; queued (position {position})" if position else "")
     return ResumeResponse.model_validate({**vars(record), "message": message})

@@ -11,7 +11,15 @@ const state = { jobs: new Map(), selectedJob: null, stream: null, charts: null, 
 
 const apiKeyInput = $("#api-key");
 apiKeyInput.value = localStorage.getItem("grpo-api-key") || "";
-apiKeyInput.addEventListener("change", () => localStorage.setItem("grpo-api-key", apiKeyInput.value));
+apiKeyInput.addEventListener("change", () => {
+  localStorage.setItem("grpo-api-key", apiKeyInput.value);
+  // What the page could not read without the key (or with a wrong one) is read again with it.
+  showResult($("#train-result"), "", false);
+  showResult($("#model-info"), "", false);
+  loadRewardFunctions();
+  refreshJobs();
+  refreshModels();
+});
 
 function headers(extra = {}) {
   const key = apiKeyInput.value.trim();
@@ -299,7 +307,13 @@ async function loadRewardFunctions() {
   try {
     const { reward_functions } = await api("GET", "/reward-functions");
     const select = trainForm.elements.reward_function_type;
-    for (const fn of reward_functions) select.append(element("option", { value: fn.name, title: fn.description }, fn.name));
+    // Listed afresh each time, after the first option ("default for the env"), keeping the choice made.
+    const chosen = select.value;
+    select.replaceChildren(
+      select.options[0],
+      ...reward_functions.map((fn) => element("option", { value: fn.name, title: fn.description }, fn.name)),
+    );
+    select.value = chosen;
   } catch (error) {
     showResult($("#train-result"), `reward functions: ${error.message}`, true);
   }

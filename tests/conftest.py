@@ -41,6 +41,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
             ).json()["job_id"],
             test_client.post(
                 "/train",
+                # Pendulum's episodes all last 200 steps: groups of two fit in 400.
                 json={
                     "env_name": "Pendulum-v1",
                     "model_name": "pendulum",

@@ -68,6 +68,25 @@ def test_openapi_documents_the_missing_value(service: TestClient) -> None:
     assert "no critic" in value["description"]
 
 
+def test_openapi_describes_the_training_settings_and_gives_examples_that_work(service: TestClient) -> None:
+    # Issue 17, 10: Swagger showed bare names, and its default /inference example was a 422.
+    schema = service.get("/openapi.json").json()
+    fields = schema["components"]["schemas"]["TrainRequest"]["properties"]
+    for name in ("learning_rate", "batch_size", "n_epochs", "gamma", "clip_range", "ent_coef", "seed"):
+        assert fields[name].get("description"), name
+    for path in ("/train", "/inference"):
+        examples = schema["paths"][path]["post"]["requestBody"]["content"]["application/json"]["examples"]
+        assert examples, path
+        for example in examples.values():
+            if path == "/inference":
+                assert ("observation" in example["value"]) != ("observations" in example["value"]), example
+                response = service.post(path, json={**example["value"], "model_name": "cartpole"})
+            else:  # the example as given but short: it must be accepted
+                response = service.post(path, json={**example["value"], "total_timesteps": 512, "overwrite": True})
+                service.post(f"/training/{response.json().get('job_id')}/stop")
+            assert response.status_code == 200, (path, example, response.text)
+
+
 def test_health_and_readiness_follow_the_store(client: TestClient, settings: Settings) -> None:
     health = client.get("/health").json()
     assert health["status"] == "healthy" and health["database"] == "ok" and health["model_store"] == "ok"
@@ -146,7 +165,8 @@ def test_train_without_a_body(client: TestClient) -> None:
 
 
 def test_other_environments_default_to_their_own_reward(client: TestClient) -> None:
-    job_id = train(client, env_name="Acrobot-v1", total_timesteps=300)
+    # Acrobot's episodes last 500 steps under an untrained policy: two of them make a group.
+    job_id = train(client, env_name="Acrobot-v1", total_timesteps=1000, group_size=2)
     status = client.get(f"/training/{job_id}/status").json()
     assert status["config"]["reward_function_type"] == "env"
     assert wait_for_job(client, job_id)["status"] == "completed"
@@ -339,6 +359,8 @@ def test_model_metadata(service: TestClient) -> None:
     assert hyperparameters["clip_range"] == GRPO("MlpPolicy", "Pendulum-v1", device="cpu").clip_range(1.0)
     expected_sources = {"gamma": "preset", "clip_range": "default", "group_size": "request"}
     assert {name: hyperparameters["sources"][name] for name in expected_sources} == expected_sources
+    # The request's own value.
+    assert hyperparameters["group_size"] == 2
     assert "time/fps" in info["metrics"] and info["timesteps"] >= 400 and info["size_bytes"] > 0
     assert service.get("/models/missing").status_code == 404
     assert service.get("/models/..%2F..%2Fetc").status_code in (404, 422)
@@ -400,7 +422,7 @@ def test_a_damaged_model_file_is_a_clear_500(client: TestClient) -> None:
 
 
 def test_acrobot_model_serves_without_its_environment(client: TestClient) -> None:
-    wait_for_job(client, train(client, env_name="Acrobot-v1", model_name="acro", total_timesteps=300))
+    wait_for_job(client, train(client, env_name="Acrobot-v1", model_name="acro", total_timesteps=1000, group_size=2))
     body = client.post("/inference", json={"model_name": "acro", "observation": [0.0] * 6}).json()
     assert body["action"] in (0, 1, 2) and len(body["action_probs"]) == 3
 
@@ -587,7 +609,7 @@ def test_a_key_guards_every_endpoint_but_health_docs_and_the_dashboard(tmp_path:
         authorized = {"X-API-Key": "s3cret"}
         assert client.get("/models", headers=authorized).json() == {"models": []}
         assert client.get("/training/nope/status", headers=authorized).status_code == 404
-        job = client.post("/train", json={**TINY, "total_timesteps": 64}, headers=authorized)
+        job = client.post("/train", json={**TINY, "total_timesteps": 256}, headers=authorized)
         assert job.status_code == 200
         # The dashboard's event stream goes through fetch with the header too.
         with client.stream("GET", f"/training/{job.json()['job_id']}/events", headers=authorized) as events:

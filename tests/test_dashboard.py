@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import websocket
-from harness import Server
+from harness import Server, free_port
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -94,9 +94,11 @@ class DevTools:
         raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
     def click(self, selector: str) -> None:
-        """A real mouse click in the middle of the element."""
+        """A real mouse click in the middle of the element, scrolled into view first as a person would (a smooth
+        scroll the page started is cut short: the click lands where the element is now)."""
         box = self.evaluate(
-            f"(() => {{ const r = document.querySelector({json.dumps(selector)}).getBoundingClientRect();"
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)});"
+            " e.scrollIntoView({ block: 'center', behavior: 'instant' }); const r = e.getBoundingClientRect();"
             " return [r.x + r.width / 2, r.y + r.height / 2]; })()"
         )
         for kind in ("mousePressed", "mouseReleased"):
@@ -240,3 +242,33 @@ def test_train_from_the_dashboard_and_watch_the_curves(browser: DevTools, server
     path.write_bytes(base64.b64decode(screenshot["data"]))
     assert path.stat().st_size > 10_000
     print(f"dashboard screenshot: {path} ({len(points)} points, {time.monotonic() - started:.1f}s)")
+
+
+def test_entering_the_key_reloads_what_the_page_could_not_read(browser: DevTools, tmp_path: Path) -> None:
+    # Issue 17, 10: on a keyed server the page kept an empty reward list and the 401 message until a reload.
+    server = Server(tmp_path, free_port(), api_key="dashboard-key")
+    server.start()
+    try:
+        browser.send("Page.enable")
+        browser.send("Page.navigate", url=f"{server.base}/dashboard")
+        browser.wait_for("document.readyState === 'complete'", 30, "the page to load")
+        error = browser.wait_for("document.querySelector('#train-result.error')?.textContent", 30, "the 401 to show")
+        assert "X-API-Key" in error
+        named = "select[name=reward_function_type] option:not([value=''])"  # beside 'default for the env'
+        options = f'document.querySelectorAll("{named}").length'
+        assert browser.evaluate(options) == 0
+
+        browser.type_into("#api-key", "dashboard-key")
+        browser.evaluate("document.querySelector('#api-key').dispatchEvent(new Event('change'))")
+        browser.wait_for(f"{options} >= 3", 30, "the reward functions to load with the key")
+        browser.wait_for("document.querySelector('#train-result').textContent === ''", 30, "the 401 message to go")
+        assert browser.evaluate("document.querySelector('#train-result').classList.contains('error')") is False
+        # Entering it again lists each reward function once.
+        browser.evaluate("document.querySelector('#api-key').dispatchEvent(new Event('change'))")
+        time.sleep(1.0)
+        names = browser.evaluate(f'[...document.querySelectorAll("{named}")].map((o) => o.value)')
+        assert sorted(names) == sorted(set(names)) and "optimized_cartpole" in names
+    finally:
+        server.kill()
+        # Chromium keeps the key it was given: the next page starts without one.
+        browser.evaluate("localStorage.clear()")

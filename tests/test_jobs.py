@@ -1,8 +1,11 @@
 """The job runner: the queue and its limits, stop, failures, timeouts, restarts, checkpoints and resume."""
 
+import gc
 import sqlite3
 import time
+import weakref
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch as th
@@ -10,6 +13,8 @@ from fastapi.testclient import TestClient
 from harness import CARTPOLE_OBS, TINY, make_settings, train, wait_for_job
 
 import api
+import jobs
+import training
 from api import create_app
 from grpo import GRPO
 from records import JobRecord, JobState, utcnow
@@ -49,7 +54,7 @@ def test_queue_runs_jobs_in_order_and_stops_queued_ones(tmp_path: Path) -> None:
         second_response = client.post("/train", json={**TINY, "model_name": "q2", "total_timesteps": 300})
         third = train(client, model_name="q3", total_timesteps=300)
         second = second_response.json()["job_id"]
-        assert second_response.json()["message"] == "Training queued (position 1)"
+        assert second_response.json()["message"].startswith("Training queued (position 1)")
         assert client.get("/health").json()["queued_jobs"] >= 1
 
         stopped = client.post(f"/training/{third}/stop").json()
@@ -86,7 +91,7 @@ def test_a_full_queue_is_429_with_retry_after(tmp_path: Path) -> None:
         # The refused request left no trace; a freed place in the queue takes the next job.
         assert len(client.get("/training/jobs").json()["jobs"]) == 2
         client.post(f"/training/{queued}/stop")
-        assert client.post("/train", json={**TINY, "model_name": "l3", "total_timesteps": 64}).status_code == 200
+        assert client.post("/train", json={**TINY, "model_name": "l3", "total_timesteps": 256}).status_code == 200
         client.post(f"/training/{running}/stop")
 
 
@@ -272,3 +277,127 @@ def test_a_crashed_job_shows_its_checkpoint_and_one_without_resumes_from_the_sta
         response = client.post("/training/crashed/resume").json()
         assert response["message"] == "Training resumed from the start" and response["current_timesteps"] == 0
         assert wait_for_job(client, "crashed")["status"] == "completed"
+
+
+def test_resume_refuses_to_overwrite_a_newer_model_unless_asked(client: TestClient) -> None:
+    # Issue 17, 1: X trains m and is stopped; Y replaces m; resuming X must not silently put X's model back.
+    x = train(client, model_name="m", total_timesteps=150_000)
+    wait_for_job(client, x, until=lambda s: s["current_timesteps"] > 100)
+    assert client.post(f"/training/{x}/stop").json()["model_saved"]
+    y = train(client, model_name="m", total_timesteps=300, overwrite=True)
+    assert wait_for_job(client, y)["status"] == "completed"
+    # Its record says completed a moment before it leaves the runner; until then the name is busy, not newer.
+    deadline = time.monotonic() + 10
+    while client.get("/health").json()["active_jobs"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+    refused = client.post(f"/training/{x}/resume")
+    assert refused.status_code == 409, refused.text
+    assert "newer" in refused.json()["detail"] and '"overwrite": true' in refused.json()["detail"]
+    assert client.get(f"/training/{x}/status").json()["status"] == "stopped"
+    assert client.get("/models/m").json()["job_id"] == y
+
+    resumed = client.post(f"/training/{x}/resume", json={"overwrite": True})
+    assert resumed.status_code == 200, resumed.text
+    assert client.post(f"/training/{x}/stop").json()["model_saved"]
+    assert client.get("/models/m").json()["job_id"] == x
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_a_stopped_queued_job_resumed_while_the_slots_are_busy_runs_once(tmp_path: Path, rounds: int) -> None:
+    # Issue 17, 2: one job, one queue entry, however often it was stopped and resumed while it waited.
+    with TestClient(create_app(make_settings(tmp_path, max_concurrent_jobs=1))) as client:
+        busy = train(client, model_name="qA", total_timesteps=150_000)
+        queued = train(client, model_name="qB", total_timesteps=512, seed=0)
+        for _ in range(rounds):
+            assert client.post(f"/training/{queued}/stop").json()["status"] == "stopped"
+            resumed = client.post(f"/training/{queued}/resume").json()
+            assert resumed["status"] == "queued" and resumed["current_timesteps"] == 0
+        assert client.get("/health").json()["queued_jobs"] == 1
+        client.post(f"/training/{busy}/stop")
+        done = wait_for_job(client, queued)
+        assert done["status"] == "completed" and done["current_timesteps"] >= 512, done
+        assert client.get("/models/qB").json()["timesteps"] >= 512
+
+
+# admission: what a job needs to be worth starting
+
+
+def test_a_rollout_larger_than_the_memory_bound_is_refused(service: TestClient) -> None:
+    # Issue 17, 9: 64 environments x 100,000 steps took hundreds of MB before a single update.
+    response = service.post("/train", json={"n_envs": 64, "n_steps": 100_000})
+    assert response.status_code == 400, response.text
+    detail = response.json()["detail"]
+    assert "6,400,000 steps" in detail and "4 values" in detail, detail
+    assert "GRPO_MAX_ROLLOUT_BYTES" in detail and "n_steps" in detail and "n_envs" in detail, detail
+    assert service.post("/train", json={"n_envs": 64, "n_steps": 100_000, "model_name": "x"}).status_code == 400
+
+
+def test_a_finished_job_gives_its_memory_back(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    released: list[str] = []
+    models: list[weakref.ref[GRPO]] = []
+    build = training.build_model
+
+    def tracked(*args: Any, **kwargs: Any) -> GRPO:
+        model = build(*args, **kwargs)
+        models.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(training, "build_model", tracked)
+    monkeypatch.setattr(jobs, "release_memory", lambda: released.append("released"))
+    job_id = train(client, model_name="freed", total_timesteps=300)
+    assert wait_for_job(client, job_id)["status"] == "completed"
+    deadline = time.monotonic() + 10  # the record says completed just before the job's thread lets go of it
+    while not released:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    gc.collect()
+    # Nothing keeps the trained model (and its rollout) alive, and the allocator was asked to give the pages back.
+    assert models and all(ref() is None for ref in models)
+    assert released == ["released"]
+
+
+@pytest.mark.parametrize(
+    ("body", "fragments"),
+    [
+        ({"total_timesteps": 1}, ["cannot complete one group", "total_timesteps", "group_size"]),
+        ({"group_size": 1024, "total_timesteps": 5000}, ["cannot complete one group", "1024 episodes", "group_size"]),
+        (
+            {"env_name": "Pendulum-v1", "total_timesteps": 3000},
+            ["cannot complete one group", "200 steps", "at least 3,200"],
+        ),
+    ],
+)
+def test_jobs_that_cannot_complete_one_group_are_refused(
+    service: TestClient, body: dict[str, Any], fragments: list[str]
+) -> None:
+    # Issue 17, 10 (and issue 16, 3): such jobs used to end 'completed' with an untrained model.
+    response = service.post("/train", json=body)
+    assert response.status_code == 400, response.text
+    for fragment in fragments:
+        assert fragment in response.json()["detail"], response.json()["detail"]
+
+
+def test_a_batch_larger_than_the_rollout_is_noted(client: TestClient) -> None:
+    response = client.post("/train", json={**TINY, "batch_size": 100_000, "total_timesteps": 512})
+    assert response.status_code == 200, response.text
+    assert "batch_size 100000" in response.json()["message"]
+    status = client.get(f"/training/{response.json()['job_id']}/status").json()
+    assert "batch_size 100000" in status["message"]
+    assert "batch_size" not in client.post("/train", json={**TINY, "total_timesteps": 512}).json()["message"]
+
+
+def test_a_diverged_job_says_what_diverged_and_what_to_try(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    def exploding(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+        # Finite, but at the edge of float32: unscaled advantages overflow and the policy's weights turn NaN.
+        return th.full((state.shape[0], 1), 3e38) * th.sign(th.randn(state.shape[0], 1))
+
+    monkeypatch.setitem(api.REWARD_FUNCTIONS, "exploding", exploding)
+    body = {"reward_function_type": "exploding", "scale_rewards": "none", "learning_rate": 1.0, "seed": 0}
+    job_id = train(client, total_timesteps=4096, **body)
+    status = wait_for_job(client, job_id)
+    assert status["status"] == "failed", status
+    error = status["error_message"]
+    assert "NaN" in error and "learning_rate" in error and "reward" in error, error
+    assert len(error.splitlines()) <= 3 and len(error) < 600, error
