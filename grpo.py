@@ -70,6 +70,19 @@ class _NoValue(nn.Module):
         return th.zeros(len(latent_vf), 1, device=latent_vf.device)
 
 
+_CRITIC_KEYS = ("value_net.", "mlp_extractor.value_net.")  # where SB3's actor-critic policies keep the critic
+
+
+def _without_critic_moments(optimizer: th.optim.Optimizer, state_dict: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state saved with the value head's parameters (models saved before GRPO dropped it) does not fit
+    the actor's optimizer: start that model's moments afresh rather than refuse to load it."""
+    saved = [len(group["params"]) for group in state_dict["param_groups"]]
+    if saved == [len(group["params"]) for group in optimizer.param_groups]:
+        return state_dict
+    warnings.warn("the saved optimizer state holds a value head GRPO lacks: moments start afresh", stacklevel=2)
+    return optimizer.state_dict()
+
+
 class _NoCritic:
     """GRPO never trains a critic, so its policies build none (whatever ``net_arch`` says about ``vf``) and
     refuse to answer for one."""
@@ -96,6 +109,12 @@ class _NoCritic:
         self.value_net = _NoValue()
         # Rebuilt without the value head's parameters, which the base class had handed to it.
         self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[attr-defined]
+        self.optimizer.register_load_state_dict_pre_hook(_without_critic_moments)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        # Models saved before GRPO dropped its value head hold the head's weights: nothing here takes them.
+        kept = {key: value for key, value in state_dict.items() if not key.startswith(_CRITIC_KEYS)}
+        return super().load_state_dict(kept, strict, assign)  # type: ignore[misc]
 
     def predict_values(self, obs: th.Tensor | TensorDict) -> th.Tensor:
         raise NotImplementedError(

@@ -5,6 +5,7 @@ import warnings
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch as th
 from gymnasium import spaces
 from gymnasium.wrappers import TimeLimit
 from stable_baselines3.common.env_util import make_vec_env
@@ -93,3 +94,21 @@ def test_multi_dimensional_box_actions():
     model = GRPO("MlpPolicy", DummyVecEnv([lambda: TimeLimit(_MatrixActionEnv(), 5)]), seed=0, **TINY).learn(64)
     action, _ = model.predict(model.env.reset())
     assert action.shape == (1, 2, 2)
+
+
+def test_a_model_saved_with_a_value_head_still_loads(tmp_path):
+    """Models saved before GRPO dropped its value head (as the service's stored models were) load and act the same;
+    the head's weights and their optimizer moments are left behind."""
+    old = GRPO("MlpPolicy", "CartPole-v1", seed=0, **TINY)
+    old.policy.value_net = th.nn.Linear(64, 1)  # as SB3's ActorCriticPolicy built it, and GRPO once did
+    old.policy.optimizer = th.optim.Adam(old.policy.parameters(), lr=3e-4)
+    old.learn(200)
+    old.save(tmp_path / "old")
+    with pytest.warns(UserWarning, match="moments start afresh"):
+        loaded = GRPO.load(tmp_path / "old", env=make_vec_env("CartPole-v1"))
+    observations = np.random.default_rng(0).normal(size=(50, 4)).astype(np.float32)
+    np.testing.assert_array_equal(
+        loaded.predict(observations, deterministic=True)[0], old.predict(observations, deterministic=True)[0]
+    )
+    assert not any(name.startswith("value_net.") for name in loaded.policy.state_dict())
+    loaded.learn(200)  # and goes on training

@@ -32,7 +32,9 @@ def test_presets_are_listed_and_shown(service: TestClient) -> None:
 
 
 def test_the_documents_defaults_hold_on_cartpole_and_the_preset_fills_the_rest(client: TestClient) -> None:
-    config = client.post("/train", json={"model_name": "doc", "total_timesteps": 64}).json()["config"]
+    answer = client.post("/train", json={"model_name": "doc", "total_timesteps": 2_000}).json()
+    client.post(f"/training/{answer['job_id']}/stop")
+    config = answer["config"]
     document = {"learning_rate": 3e-4, "n_steps": 32, "batch_size": 64, "n_epochs": 10}
     assert {name: config[name] for name in document} == document
     assert config["reward_function_type"] == "optimized_cartpole"
@@ -43,7 +45,9 @@ def test_the_documents_defaults_hold_on_cartpole_and_the_preset_fills_the_rest(c
     assert sources["total_timesteps"] == "request" and sources["n_envs"] == "preset"
     assert config["policy"] == "MlpPolicy" and sources["policy"] == "preset"
     # Without a preset, the policy follows the observation space.
-    other = client.post("/train", json={"env_name": "FrozenLake-v1", "total_timesteps": 64}).json()["config"]
+    other = client.post("/train", json={"env_name": "FrozenLake-v1", "total_timesteps": 2_000}).json()
+    client.post(f"/training/{other['job_id']}/stop")
+    other = other["config"]
     assert other["policy"] == "MlpPolicy" and other["sources"]["policy"] == "default"
 
 
