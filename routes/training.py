@@ -1,11 +1,13 @@
 """Training jobs: start one, follow it (status, learning curves, a live event stream), stop and resume it."""
 
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
 from fastapi import APIRouter, Body, Header, Query
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -32,6 +34,8 @@ EVENT_POLL_INTERVAL_S = 0.5
 # with Last-Event-ID (EventSource does so by itself, after EVENT_RETRY_MS) to continue where it was.
 EVENT_STREAM_MAX_S = 15.0
 EVENT_RETRY_MS = 1000
+# The largest timestep a client may name (SQLite's largest INTEGER): past it, a 422 like any number out of range.
+MAX_TIMESTEP = 2**63 - 1
 
 router = APIRouter(tags=["training"])
 
@@ -58,7 +62,7 @@ def job_status(job_id: str, runner: RunnerDep) -> JobStatus:
 def job_metrics(
     job_id: str,
     runner: RunnerDep,
-    since: Annotated[int, Query(ge=0, description="Only points after this timestep")] = -1,
+    since: Annotated[int, Query(ge=0, le=MAX_TIMESTEP, description="Only points after this timestep")] = -1,
 ) -> JobMetrics:
     """The job's learning curves: one point per rollout, oldest first."""
     points = runner.metrics(job_id, since)
@@ -82,18 +86,33 @@ def job_metrics(
 async def job_events(
     job_id: str,
     runner: RunnerDep,
-    since: Annotated[int, Query(ge=0, description="Send only the points after this timestep")] = -1,
+    since: Annotated[int, Query(ge=0, le=MAX_TIMESTEP, description="Send only the points after this timestep")] = -1,
     last_event_id: Annotated[str | None, Header(description="Sent by reconnecting EventSources")] = None,
 ) -> StreamingResponse:
     """Watch a job live: its learning-curve points as they are recorded, its progress, and how it ended."""
-    if last_event_id is not None and last_event_id.isdigit():
-        since = max(since, int(last_event_id))
+    since = max(since, _last_event_timestep(last_event_id))
     await anyio.to_thread.run_sync(runner.get, job_id)  # an unknown job is a 404, not an empty stream
     return StreamingResponse(
         _job_events(runner, job_id, since),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+def _last_event_timestep(last_event_id: str | None) -> int:
+    """The timestep a reconnecting client last saw: the id of a 'metrics' event. An id this server never sends is
+    ignored (-1), as EventSource's own; a number out of range is a 422, as in ``since``."""
+    if last_event_id is None or not re.fullmatch(r"[0-9]+", last_event_id):  # ASCII digits, not str.isdigit()'s
+        return -1
+    # Compared as text first: int() refuses strings of thousands of digits with a ValueError.
+    if len(last_event_id.lstrip("0")) > len(str(MAX_TIMESTEP)) or int(last_event_id) > MAX_TIMESTEP:
+        error = {
+            "loc": ("header", "last-event-id"),
+            "msg": f"Input should be less than or equal to {MAX_TIMESTEP}",
+            "type": "less_than_equal",
+        }
+        raise RequestValidationError([error])
+    return int(last_event_id)
 
 
 async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterator[str]:
