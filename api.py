@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import errors
+from crosssite import CrossSiteGuard
 from jobs import JobRunner
 from rewards import REWARD_FUNCTIONS
 from routes import health, inference, models, reward_functions, training
@@ -172,6 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    # Inside CORS: an origin it allows gets the CORS headers on a refusal too, and can read why.
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.cors_origins)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from jobs import JobRunner
 from records import JobState
 from routes.dependencies import RunnerDep
-from routes.responses import error_responses
+from routes.responses import CHANGES_STATE, error_responses
 from schemas import (
     JobList,
     JobMetricPoint,
@@ -40,7 +40,7 @@ MAX_TIMESTEP = 2**63 - 1
 router = APIRouter(tags=["training"])
 
 
-@router.post("/train", response_model=TrainResponse, responses=error_responses(400, 409, 413, 429))
+@router.post("/train", response_model=TrainResponse, responses=error_responses(400, 409, 413, 429, *CHANGES_STATE))
 def train(runner: RunnerDep, request: Annotated[TrainRequest | None, Body()] = None) -> TrainResponse:
     # No body at all trains with every default, like an empty one.
     record, config, position = runner.submit(request or TrainRequest())
@@ -146,7 +146,9 @@ def _event(name: str, data: BaseModel, event_id: int | None = None) -> str:
     return f"event: {name}\n{id_line}data: {data.model_dump_json()}\n\n"
 
 
-@router.post("/training/{job_id}/stop", response_model=StopResponse, responses=error_responses(404, 409))
+@router.post(
+    "/training/{job_id}/stop", response_model=StopResponse, responses=error_responses(404, 409, *CHANGES_STATE)
+)
 def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     record = runner.stop(job_id)
     message = "Training job stopped"
@@ -155,7 +157,9 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     return StopResponse.model_validate({**vars(record), "message": message})
 
 
-@router.post("/training/{job_id}/resume", response_model=ResumeResponse, responses=error_responses(404, 409, 429))
+@router.post(
+    "/training/{job_id}/resume", response_model=ResumeResponse, responses=error_responses(404, 409, 429, *CHANGES_STATE)
+)
 def resume_job(job_id: str, runner: RunnerDep) -> ResumeResponse:
     """Go on training an interrupted, stopped or failed job, under the same id, from its last checkpoint to its
     total_timesteps with the same settings; the model is saved under the job's model_name as before."""
