@@ -25,7 +25,7 @@ import errors
 from crosssite import CrossSiteGuard
 from jobs import JobRunner
 from rewards import REWARD_FUNCTIONS
-from routes import health, inference, models, reward_functions, training
+from routes import docs, health, inference, models, reward_functions, training
 from routes.dependencies import require_api_key
 from routes.responses import error_responses
 from settings import Settings
@@ -162,12 +162,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Train GRPO (Group Relative Policy Optimization) policies on Gymnasium environments and "
         "serve their actions.",
         lifespan=lifespan,
+        # Served by routes/docs.py from the app's own files instead of a CDN: they work offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_exception_handler(errors.ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.include_router(health.public_router)
+    app.include_router(docs.router)
     guarded = (health.root_router, training.router, inference.router, models.router, reward_functions.router)
     for router in guarded:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
