@@ -7,6 +7,7 @@ made in the app's lifespan and reached through the typed dependencies of ``route
 Run it with ``python run_api.py``; Swagger UI is at ``/docs`` and ReDoc at ``/redoc``.
 """
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 import errors
 from crosssite import CrossSiteGuard
 from jobs import JobRunner
+from lifecycle import on_exit_signals
 from rewards import REWARD_FUNCTIONS
 from routes import docs, health, inference, models, reward_functions, training
 from routes.dependencies import require_api_key
@@ -148,9 +150,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "set GRPO_API_KEY (or --api-key)",
                 settings.host,
             )
+        # Set when the server begins to shut down: event streams end at once (routes/training.py), so that uvicorn,
+        # which waits for open responses before it runs the code below, is not held up by them.
+        app.state.closing = closing = asyncio.Event()
+
+        def begin_shutdown() -> None:
+            closing.set()
+            runner.begin_shutdown()  # jobs checkpoint while uvicorn finishes the requests in flight
+
         try:
-            yield
+            with on_exit_signals(begin_shutdown):
+                yield
         finally:
+            begin_shutdown()
             # Stopping jobs waits for their threads; keep the event loop free meanwhile.
             await anyio.to_thread.run_sync(runner.shutdown)
             db.close()

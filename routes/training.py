@@ -1,12 +1,13 @@
 """Training jobs: start one, follow it (status, learning curves, a live event stream), stop and resume it."""
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
@@ -30,8 +31,9 @@ from schemas import (
 
 # How often an event stream looks for new points.
 EVENT_POLL_INTERVAL_S = 0.5
-# uvicorn waits for open responses before it shuts down: a stream ends after this long, and its client reconnects
-# with Last-Event-ID (EventSource does so by itself, after EVENT_RETRY_MS) to continue where it was.
+# A stream ends at once when the server begins to shut down (app.state.closing), and after this long in any case,
+# so that no proxy or client holds one forever; its client reconnects with Last-Event-ID (EventSource does so by
+# itself, after EVENT_RETRY_MS) to continue where it was.
 EVENT_STREAM_MAX_S = 15.0
 EVENT_RETRY_MS = 1000
 # The largest timestep a client may name (SQLite's largest INTEGER): past it, a 422 like any number out of range.
@@ -86,6 +88,7 @@ def job_metrics(
 async def job_events(
     job_id: str,
     runner: RunnerDep,
+    http_request: Request,
     since: Annotated[int, Query(ge=0, le=MAX_TIMESTEP, description="Send only the points after this timestep")] = -1,
     last_event_id: Annotated[str | None, Header(description="Sent by reconnecting EventSources")] = None,
 ) -> StreamingResponse:
@@ -93,7 +96,7 @@ async def job_events(
     since = max(since, _last_event_timestep(last_event_id))
     await anyio.to_thread.run_sync(runner.get, job_id)  # an unknown job is a 404, not an empty stream
     return StreamingResponse(
-        _job_events(runner, job_id, since),
+        _job_events(runner, job_id, since, http_request.app.state.closing),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -115,7 +118,7 @@ def _last_event_timestep(last_event_id: str | None) -> int:
     return int(last_event_id)
 
 
-async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterator[str]:
+async def _job_events(runner: JobRunner, job_id: str, since: int, closing: asyncio.Event) -> AsyncIterator[str]:
     # Each stream polls what the job keeps in memory: training never waits for a watcher.
     progress = None
     closes_at = time.monotonic() + EVENT_STREAM_MAX_S
@@ -136,9 +139,11 @@ async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterat
             return
         if events:
             yield "".join(events)
-        if time.monotonic() > closes_at:
+        if time.monotonic() > closes_at or closing.is_set():
             return
-        await anyio.sleep(EVENT_POLL_INTERVAL_S)
+        # The next poll, or the server's shutdown, whichever comes first.
+        with anyio.move_on_after(EVENT_POLL_INTERVAL_S):
+            await closing.wait()
 
 
 def _event(name: str, data: BaseModel, event_id: int | None = None) -> str:
