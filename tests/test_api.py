@@ -528,7 +528,7 @@ def test_event_watchers_read_memory_not_the_database(client: TestClient, monkeyp
 def test_a_stream_closes_after_a_while_and_resumes_where_it_was(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # uvicorn waits for open streams before shutting down: none may stay open for the whole of a long job.
+    # No stream stays open for the whole of a long job (proxies, clients); a reconnect goes on where it was.
     monkeypatch.setattr(routes.training, "EVENT_STREAM_MAX_S", 0.5)
     job_id = train(client, model_name="resumed", total_timesteps=150_000)
     wait_for_job(client, job_id, until=lambda s: s["current_timesteps"] > 500)
