@@ -12,15 +12,15 @@ REDOC = "/static/vendor/redoc"
 router = APIRouter(include_in_schema=False)
 
 
-def _title(request: Request) -> str:
-    return request.app.title
+def _page(request: Request, tool: str) -> dict[str, str]:
+    """What both pages are given: where the schema is, and their title."""
+    return {"openapi_url": request.app.openapi_url, "title": f"{request.app.title} - {tool}"}
 
 
 @router.get("/docs")
 async def swagger_ui(request: Request) -> HTMLResponse:
     return get_swagger_ui_html(
-        openapi_url=request.app.openapi_url,
-        title=f"{_title(request)} - Swagger UI",
+        **_page(request, "Swagger UI"),
         swagger_js_url=f"{SWAGGER_UI}/swagger-ui-bundle.js",
         swagger_css_url=f"{SWAGGER_UI}/swagger-ui.css",
         swagger_favicon_url=f"{SWAGGER_UI}/favicon-32x32.png",
@@ -31,8 +31,7 @@ async def swagger_ui(request: Request) -> HTMLResponse:
 @router.get("/redoc")
 async def redoc(request: Request) -> HTMLResponse:
     return get_redoc_html(
-        openapi_url=request.app.openapi_url,
-        title=f"{_title(request)} - ReDoc",
+        **_page(request, "ReDoc"),
         redoc_js_url=f"{REDOC}/redoc.standalone.js",
         redoc_favicon_url=f"{SWAGGER_UI}/favicon-32x32.png",
         with_google_fonts=False,
