@@ -7,6 +7,7 @@ made in the app's lifespan and reached through the typed dependencies of ``route
 Run it with ``python run_api.py``; Swagger UI is at ``/docs`` and ReDoc at ``/redoc``.
 """
 
+import asyncio
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -24,9 +25,11 @@ from fastapi.staticfiles import StaticFiles
 import errors
 import plugins
 import presets
+from crosssite import CrossSiteGuard
 from jobs import JobRunner
+from lifecycle import on_exit_signals
 from rewards import REWARD_FUNCTIONS
-from routes import health, inference, models, reward_functions, training
+from routes import docs, health, inference, models, reward_functions, training
 from routes import presets as presets_routes
 from routes.dependencies import require_api_key
 from routes.responses import error_responses
@@ -157,9 +160,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "set GRPO_API_KEY (or --api-key)",
                 settings.host,
             )
+        # Set when the server begins to shut down: event streams end at once (routes/training.py), so that uvicorn,
+        # which waits for open responses before it runs the code below, is not held up by them.
+        app.state.closing = closing = asyncio.Event()
+
+        def begin_shutdown() -> None:
+            closing.set()
+            runner.begin_shutdown()  # jobs checkpoint while uvicorn finishes the requests in flight
+
         try:
-            yield
+            with on_exit_signals(begin_shutdown):
+                yield
         finally:
+            begin_shutdown()
             # Stopping jobs waits for their threads; keep the event loop free meanwhile.
             await anyio.to_thread.run_sync(runner.shutdown)
             db.close()
@@ -171,12 +184,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         description="Train GRPO (Group Relative Policy Optimization) policies on Gymnasium environments and "
         "serve their actions.",
         lifespan=lifespan,
+        # Served by routes/docs.py from the app's own files instead of a CDN: they work offline.
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.settings = settings
     app.add_exception_handler(errors.ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.include_router(health.public_router)
+    app.include_router(docs.router)
     guarded = (
         health.root_router,
         training.router,
@@ -189,6 +206,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    # Inside CORS: an origin it allows gets the CORS headers on a refusal too, and can read why.
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.cors_origins)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

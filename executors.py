@@ -6,8 +6,11 @@ bookkeeping the same way; another backend implements the ``Executor`` protocol.
 import io
 import logging
 import os
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,6 +20,8 @@ from typing import Any, Protocol
 import artifacts
 import plugins
 from grpo import GRPO
+from lifecycle import keep_signal_handlers
+from reaper import MARKER as REAPER_MARKER
 from records import JobRecord, MetricPoint
 from rewards import REWARD_FUNCTIONS
 from settings import Settings
@@ -205,10 +210,14 @@ class RayExecutor:
         self._threads = ThreadExecutor(settings.max_concurrent_jobs)
         self._actors: dict[str, Any] = {}
         self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            if settings.ray_address:
+        self._reaper: subprocess.Popen[bytes] | None = None
+        # Ray's driver makes SIGTERM a sys.exit(), which cut requests off and skipped the graceful shutdown: the
+        # server keeps uvicorn's handler (and lifecycle.on_exit_signals on top of it).
+        with keep_signal_handlers():
+            if self._owns_ray and settings.ray_address:
                 ray.init(address=settings.ray_address, runtime_env=RAY_RUNTIME_ENV)
-            else:
+            elif self._owns_ray:
+                self._reaper = start_reaper()
                 ray.init(
                     # "local": a Ray of its own, even where `ray start` left a cluster to find
                     address="local",
@@ -291,6 +300,25 @@ class RayExecutor:
         self._threads.shutdown()
         if self._owns_ray:
             self._ray.shutdown()
+        if self._reaper is not None and self._reaper.stdin is not None:
+            self._reaper.stdin.close()  # it ends whatever of the local Ray is left, and exits
+            self._reaper = None
+
+
+def start_reaper() -> subprocess.Popen[bytes] | None:
+    """Start ``reaper.py``, which ends every process of the local Ray about to start once this process ends, even
+    by kill -9; marks this process's environment for the Ray processes to inherit. None where there is no /proc."""
+    if not os.path.isdir("/proc"):
+        return None
+    token = uuid.uuid4().hex
+    reaper = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("reaper.py")), token],
+        stdin=subprocess.PIPE,  # never inherited by Ray's processes (PEP 446): it closes when this process ends
+        start_new_session=True,
+        env={key: value for key, value in os.environ.items() if key != REAPER_MARKER},
+    )
+    os.environ[REAPER_MARKER] = token
+    return reaper
 
 
 def load_model_bytes(data: bytes, config: TrainingConfig, device: str) -> GRPO:

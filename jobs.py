@@ -486,13 +486,18 @@ class JobRunner:
         job.finished.wait(wait_s)
         return self.get(job_id)
 
+    def begin_shutdown(self) -> None:
+        """Ask every job to stop for the server's shutdown, without waiting: running ones checkpoint at their next
+        rollout and become interrupted. Takes no lock, so that a signal handler may call it at any time; a job
+        admitted meanwhile is caught by ``shutdown``."""
+        for job in list(self._active.values()):
+            job.shutting_down = True
+            job.stop_requested.set()
+
     def shutdown(self) -> None:
         """Stop every job: running ones within about a second, queued ones before they start."""
         with self._lock:
-            jobs = list(self._active.values())
-            for job in jobs:
-                job.shutting_down = True
-                job.stop_requested.set()
+            self.begin_shutdown()
         self.executor.shutdown()
         with self._lock:
             # Work the executor dropped before it started never reached _run.

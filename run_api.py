@@ -7,12 +7,13 @@ import argparse
 import logging
 
 import uvicorn
+from pydantic import ValidationError
 
 from api import create_app
 from settings import LogLevel, Settings
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def make_parser() -> argparse.ArgumentParser:
     defaults = Settings.model_fields
     parser = argparse.ArgumentParser(description="GRPO training and serving API")
     # Unset flags stay None so that they fall through to the environment and the defaults.
@@ -33,12 +34,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--plugins", help="comma-separated modules that register environments and reward functions (GRPO_PLUGINS)"
     )
     parser.add_argument("--presets", dest="presets_file", help="presets file (default hyperparams/grpo.yml)")
-    return parser.parse_args(argv)
+    return parser
+
+
+def load_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Settings:
+    """The settings from the flags, the environment and the defaults; a value they refuse ends the program with
+    a usage message naming the flag and its variable (exit status 2), as argparse does for a bad flag."""
+    try:
+        return Settings(**{key: value for key, value in vars(args).items() if value is not None})
+    except ValidationError as error:
+        flags = {action.dest: "/".join(action.option_strings) for action in parser._actions}
+        problems = []
+        for problem in error.errors():
+            field = str(problem["loc"][0]) if problem["loc"] else ""
+            names = " / ".join(name for name in (flags.get(field), f"GRPO_{field.upper()}") if name)
+            problems.append(f"{names}: {problem['msg'].removeprefix('Value error, ')}")
+        parser.error("; ".join(problems))
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    settings = Settings(**{key: value for key, value in vars(args).items() if value is not None})
+    parser = make_parser()
+    settings = load_settings(parser, parser.parse_args(argv))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
 

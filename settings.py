@@ -9,13 +9,16 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from presets import PRESETS_FILE
 
+# What an API key may hold: what every HTTP client can send in a header, unchanged.
+API_KEY_ALLOWED = "visible ASCII characters (and spaces between them), with no space at either end"
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 
 
 class Settings(BaseSettings):
     """Service settings; every field can be set through a ``GRPO_<FIELD>`` environment variable."""
 
-    model_config = SettingsConfigDict(env_prefix="GRPO_", extra="ignore")
+    # A refused value (an API key above all) is not echoed into the error, which may end up in a log.
+    model_config = SettingsConfigDict(env_prefix="GRPO_", extra="ignore", hide_input_in_errors=True)
 
     models_dir: Path = Field(Path("models"), description="Where trained models are kept as SB3 zip files")
     # Beside the models by default, so all of the service's data sits in one folder to back up.
@@ -107,6 +110,19 @@ class Settings(BaseSettings):
         # GRPO_PLUGINS=mypkg.envs,mypkg.rewards, as an administrator would write it.
         if isinstance(value, str) and not value.lstrip().startswith("["):
             return [name.strip() for name in value.split(",") if name.strip()]
+        return value
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_clients_can_send(cls, value: SecretStr | None) -> SecretStr | None:
+        # Clients send the key in an HTTP header: curl and httpx refuse anything but ASCII, requests sends Latin-1
+        # and fails beyond it, browsers refuse control characters, and HTTP strips the spaces at either end (so a
+        # padded key never matches). A key one of them cannot send would lock its users out: refuse it at start-up.
+        key = value.get_secret_value() if value is not None else ""
+        bad = next((char for char in key if not " " <= char <= "~"), None)
+        if bad is not None or key != key.strip(" "):
+            found = f"it has {bad!r}" if bad is not None else "it starts or ends with a space"
+            raise ValueError(f"the API key must be {API_KEY_ALLOWED}; {found}")
         return value
 
     host: str = "127.0.0.1"

@@ -10,7 +10,7 @@ from gymnasium import spaces
 from errors import BatchTooLarge, InvalidObservation, ModelNotFound
 from grpo import GRPO
 from routes.dependencies import RunnerDep, SettingsDep, StoreDep
-from routes.responses import error_responses
+from routes.responses import CHANGES_STATE, error_responses
 from schemas import BatchInferenceResponse, InferenceRequest, InferenceResponse
 
 router = APIRouter(tags=["inference"])
@@ -80,7 +80,7 @@ def action_json(action: np.ndarray, space: spaces.Space) -> Any:
 @router.post(
     "/inference",
     response_model=InferenceResponse | BatchInferenceResponse,
-    responses=error_responses(400, 404, 413, 500),
+    responses=error_responses(400, 404, 413, 500, *CHANGES_STATE),
 )
 def inference(
     request: Annotated[InferenceRequest, Body(openapi_examples=INFERENCE_EXAMPLES)],

@@ -10,7 +10,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from errors import InvalidEvaluation
 from records import ModelRecord
 from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
-from routes.responses import error_responses
+from routes.responses import CHANGES_STATE, error_responses
 from schemas import DeleteResponse, EvaluateRequest, EvaluateResponse, ModelInfo, ModelList, ModelSummary
 from store import ModelStore
 from training import environment_spaces
@@ -50,7 +50,9 @@ def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
 
 
 @router.post(
-    "/models/{model_name}/evaluate", response_model=EvaluateResponse, responses=error_responses(400, 404, 413, 500)
+    "/models/{model_name}/evaluate",
+    response_model=EvaluateResponse,
+    responses=error_responses(400, 404, 413, 500, *CHANGES_STATE),
 )
 def evaluate_model(
     model_name: ModelNameParam,
@@ -92,7 +94,9 @@ def evaluate_model(
     )
 
 
-@router.delete("/models/{model_name}", response_model=DeleteResponse, responses=error_responses(404, 409))
+@router.delete(
+    "/models/{model_name}", response_model=DeleteResponse, responses=error_responses(404, 409, *CHANGES_STATE)
+)
 def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep) -> DeleteResponse:
     runner.ensure_not_training(model_name)
     store.delete(model_name)

@@ -8,11 +8,17 @@ _ERROR_DESCRIPTIONS = {
     400: "Invalid parameters",
     401: "Missing or wrong X-API-Key (only when the server has a key)",
     404: "No such job or model",
+    403: "A web page of another origin sent it (crosssite.py): allowed are clients that are no browser, the "
+    "server's own pages and the origins of GRPO_CORS_ORIGINS",
     409: "Conflicts with the current state (name taken, job finished, model in training)",
     413: "The request body, or its batch of observations, is larger than this server takes",
+    415: "The request has a body that is not JSON (Content-Type: application/json)",
     429: "Every training slot is busy and the queue is full; try again after Retry-After seconds",
     500: "A stored model cannot be read",
 }
+
+# What every route that changes state (any method but GET) may also answer: the cross-site refusals.
+CHANGES_STATE = (403, 415)
 
 
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:

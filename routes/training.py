@@ -1,18 +1,21 @@
 """Training jobs: start one, follow it (status, learning curves, a live event stream), stop and resume it."""
 
+import asyncio
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
 import anyio
-from fastapi import APIRouter, Body, Header, Query
+from fastapi import APIRouter, Body, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from jobs import JobRunner
 from records import JobState
 from routes.dependencies import RunnerDep
-from routes.responses import error_responses
+from routes.responses import CHANGES_STATE, error_responses
 from schemas import (
     JobList,
     JobMetricPoint,
@@ -29,10 +32,13 @@ from schemas import (
 
 # How often an event stream looks for new points.
 EVENT_POLL_INTERVAL_S = 0.5
-# uvicorn waits for open responses before it shuts down: a stream ends after this long, and its client reconnects
-# with Last-Event-ID (EventSource does so by itself, after EVENT_RETRY_MS) to continue where it was.
+# A stream ends at once when the server begins to shut down (app.state.closing), and after this long in any case,
+# so that no proxy or client holds one forever; its client reconnects with Last-Event-ID (EventSource does so by
+# itself, after EVENT_RETRY_MS) to continue where it was.
 EVENT_STREAM_MAX_S = 15.0
 EVENT_RETRY_MS = 1000
+# The largest timestep a client may name (SQLite's largest INTEGER): past it, a 422 like any number out of range.
+MAX_TIMESTEP = 2**63 - 1
 
 router = APIRouter(tags=["training"])
 
@@ -60,7 +66,7 @@ TRAIN_EXAMPLES = {
 }
 
 
-@router.post("/train", response_model=TrainResponse, responses=error_responses(400, 409, 413, 429))
+@router.post("/train", response_model=TrainResponse, responses=error_responses(400, 409, 413, 429, *CHANGES_STATE))
 def train(
     runner: RunnerDep, request: Annotated[TrainRequest | None, Body(openapi_examples=TRAIN_EXAMPLES)] = None
 ) -> TrainResponse:
@@ -86,7 +92,7 @@ def job_status(job_id: str, runner: RunnerDep) -> JobStatus:
 def job_metrics(
     job_id: str,
     runner: RunnerDep,
-    since: Annotated[int, Query(ge=0, description="Only points after this timestep")] = -1,
+    since: Annotated[int, Query(ge=0, le=MAX_TIMESTEP, description="Only points after this timestep")] = -1,
 ) -> JobMetrics:
     """The job's learning curves: one point per rollout, oldest first."""
     points = runner.metrics(job_id, since)
@@ -110,21 +116,37 @@ def job_metrics(
 async def job_events(
     job_id: str,
     runner: RunnerDep,
-    since: Annotated[int, Query(ge=0, description="Send only the points after this timestep")] = -1,
+    http_request: Request,
+    since: Annotated[int, Query(ge=0, le=MAX_TIMESTEP, description="Send only the points after this timestep")] = -1,
     last_event_id: Annotated[str | None, Header(description="Sent by reconnecting EventSources")] = None,
 ) -> StreamingResponse:
     """Watch a job live: its learning-curve points as they are recorded, its progress, and how it ended."""
-    if last_event_id is not None and last_event_id.isdigit():
-        since = max(since, int(last_event_id))
+    since = max(since, _last_event_timestep(last_event_id))
     await anyio.to_thread.run_sync(runner.get, job_id)  # an unknown job is a 404, not an empty stream
     return StreamingResponse(
-        _job_events(runner, job_id, since),
+        _job_events(runner, job_id, since, http_request.app.state.closing),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
 
-async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterator[str]:
+def _last_event_timestep(last_event_id: str | None) -> int:
+    """The timestep a reconnecting client last saw: the id of a 'metrics' event. An id this server never sends is
+    ignored (-1), as EventSource's own; a number out of range is a 422, as in ``since``."""
+    if last_event_id is None or not re.fullmatch(r"[0-9]+", last_event_id):  # ASCII digits, not str.isdigit()'s
+        return -1
+    # Compared as text first: int() refuses strings of thousands of digits with a ValueError.
+    if len(last_event_id.lstrip("0")) > len(str(MAX_TIMESTEP)) or int(last_event_id) > MAX_TIMESTEP:
+        error = {
+            "loc": ("header", "last-event-id"),
+            "msg": f"Input should be less than or equal to {MAX_TIMESTEP}",
+            "type": "less_than_equal",
+        }
+        raise RequestValidationError([error])
+    return int(last_event_id)
+
+
+async def _job_events(runner: JobRunner, job_id: str, since: int, closing: asyncio.Event) -> AsyncIterator[str]:
     # Each stream polls what the job keeps in memory: training never waits for a watcher.
     progress = None
     closes_at = time.monotonic() + EVENT_STREAM_MAX_S
@@ -145,9 +167,11 @@ async def _job_events(runner: JobRunner, job_id: str, since: int) -> AsyncIterat
             return
         if events:
             yield "".join(events)
-        if time.monotonic() > closes_at:
+        if time.monotonic() > closes_at or closing.is_set():
             return
-        await anyio.sleep(EVENT_POLL_INTERVAL_S)
+        # The next poll, or the server's shutdown, whichever comes first.
+        with anyio.move_on_after(EVENT_POLL_INTERVAL_S):
+            await closing.wait()
 
 
 def _event(name: str, data: BaseModel, event_id: int | None = None) -> str:
@@ -155,7 +179,9 @@ def _event(name: str, data: BaseModel, event_id: int | None = None) -> str:
     return f"event: {name}\n{id_line}data: {data.model_dump_json()}\n\n"
 
 
-@router.post("/training/{job_id}/stop", response_model=StopResponse, responses=error_responses(404, 409))
+@router.post(
+    "/training/{job_id}/stop", response_model=StopResponse, responses=error_responses(404, 409, *CHANGES_STATE)
+)
 def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     record = runner.stop(job_id)
     message = "Training job stopped"
@@ -164,7 +190,11 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     return StopResponse.model_validate({**vars(record), "message": message})
 
 
-@router.post("/training/{job_id}/resume", response_model=ResumeResponse, responses=error_responses(400, 404, 409, 429))
+@router.post(
+    "/training/{job_id}/resume",
+    response_model=ResumeResponse,
+    responses=error_responses(400, 404, 409, 429, *CHANGES_STATE),
+)
 def resume_job(
     job_id: str, runner: RunnerDep, request: Annotated[ResumeRequest | None, Body()] = None
 ) -> ResumeResponse:

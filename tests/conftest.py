@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch as th
+from browser import DevTools, open_browser
 from harness import TINY, Server, free_port, make_settings, wait_for_job
 
 with warnings.catch_warnings():
@@ -65,6 +66,13 @@ def server(tmp_path: Path) -> Iterator[Server]:
         yield running
     finally:
         running.kill()
+
+
+@pytest.fixture
+def browser() -> Iterator[DevTools]:
+    """A headless Chromium that reaches nothing but 127.0.0.1 (``browser.py``); skipped without one, but in CI."""
+    with open_browser() as devtools:
+        yield devtools
 
 
 @pytest.fixture

@@ -101,16 +101,19 @@ HOSTILE_NAMES = [
 JSON = {"Content-Type": "application/json"}
 
 
-def _trained_model(server: Server, client: httpx.Client, name: str) -> None:
+def _trained_model(server: Server, client: httpx.Client, name: str) -> str:
+    """Train a tiny model; returns its job's id."""
     response = client.post("/train", json={"model_name": name, "total_timesteps": 256, "net_arch": [8], "seed": 0})
     assert response.status_code == 200, response.text
-    assert server.wait_for_job(response.json()["job_id"])["status"] == "completed"
+    job_id = response.json()["job_id"]
+    assert server.wait_for_job(job_id)["status"] == "completed"
+    return job_id
 
 
 def test_hostile_input_is_refused_and_never_a_500(fuzzed_server: Server) -> None:
     statuses: list[int] = []
     with httpx.Client(base_url=fuzzed_server.base, headers=fuzzed_server.headers, timeout=30) as client:
-        _trained_model(fuzzed_server, client, "target")
+        job_id = _trained_model(fuzzed_server, client, "target")
 
         def send(method: str, path: str, **kwargs: Any) -> httpx.Response:
             response = client.request(method, path, **kwargs)
@@ -170,6 +173,14 @@ def test_hostile_input_is_refused_and_never_a_500(fuzzed_server: Server) -> None
         ]:
             send("POST", "/train", json=body)
         send("POST", "/train", content=b"{not json", headers=JSON)
+        # Integers past SQLite's (and int()'s string limit) where a timestep goes: 422, never a 500 or a broken stream.
+        huge_numbers = ["99999999999999999999999999", str(2**63), "9" * 5000]
+        for number in huge_numbers:
+            for path in ["metrics", "events"]:
+                assert send("GET", f"/training/{job_id}/{path}", params={"since": number}).status_code == 422
+            assert send("GET", f"/training/{job_id}/events", headers={"Last-Event-ID": number}).status_code == 422
+            send("POST", "/train", content=f'{{"total_timesteps": 64, "seed": {number}}}', headers=JSON)
+            send("POST", "/models/target/evaluate", content=f'{{"n_episodes": {number}}}', headers=JSON)
         huge = b'{"model_name": "target", "observations": [' + b"[0.0, 0.0, 0.0, 0.0]," * 600_000 + b"]}"
         assert send("POST", "/inference", content=huge, headers=JSON).status_code == 413
         chunked = iter([huge[i : i + 65536] for i in range(0, len(huge), 65536)])

@@ -1,5 +1,6 @@
 """Settings from the environment, and run_api.py's flags mapped onto them."""
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -58,3 +59,39 @@ def test_run_api_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch) -> Non
     assert captured["host"] == "127.0.0.1" and captured["port"] == 8123 and captured["log_level"] == "info"
     assert settings.models_dir == Path("/tmp/m") and settings.db_path == Path("/tmp/j.db")
     assert settings.max_concurrent_jobs == 4
+
+
+@pytest.mark.parametrize(
+    "key, problem",
+    [
+        ("clé secrète", "'é'"),  # requests sends it as Latin-1; curl and httpx refuse it
+        ("ключ", "'к'"),  # no client can send it as a header
+        ("  padded key  ", "starts or ends with a space"),  # HTTP strips the spaces: it never matches
+        ("tab\tinside", "'\\t'"),
+        ("line\nbreak", "'\\n'"),
+        ("bell\x07", "'\\x07'"),
+    ],
+)
+def test_keys_no_client_can_send_are_refused_at_start_up(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], key: str, problem: str
+) -> None:
+    allowed = "visible ASCII characters (and spaces between them), with no space at either end"
+    with pytest.raises(ValueError, match=re.escape(allowed)):
+        Settings(api_key=key)
+    monkeypatch.setenv("GRPO_API_KEY", key)
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        Settings()
+    monkeypatch.delenv("GRPO_API_KEY")
+    # From the command line: a short message and exit status 2, as for any bad flag, not a traceback.
+    monkeypatch.setattr(run_api.uvicorn, "run", lambda app, **kwargs: pytest.fail("the server must not start"))
+    with pytest.raises(SystemExit) as exit_info:
+        run_api.main(["--api-key", key])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "--api-key" in error and allowed in error and "Traceback" not in error
+    assert key.strip() not in error  # the key itself is not echoed into logs
+
+
+def test_keys_every_client_can_send_are_accepted() -> None:
+    for key in ["s3cret", "with inner spaces", "!#$%&'()*+,-./:;<=>?@[]^_`{|}~", "a" * 200]:
+        assert Settings(api_key=key).api_key.get_secret_value() == key
