@@ -115,7 +115,7 @@ def _fetch_all(browser: DevTools, calls: list[str]) -> list[str]:
 
 def test_a_page_of_another_origin_cannot_start_or_stop_jobs(browser: DevTools, server: Server, other_site: str) -> None:
     running = server.post("/train", {**TINY, "model_name": "running", "total_timesteps": 150_000}).json()["job_id"]
-    kept = server.post("/train", {**TINY, "model_name": "kept", "total_timesteps": 64}).json()["job_id"]
+    kept = server.post("/train", {**TINY, "model_name": "kept", "total_timesteps": 512}).json()["job_id"]
     assert server.wait_for_job(kept)["status"] == "completed"
 
     browser.send("Page.enable")
@@ -141,7 +141,7 @@ def test_a_page_of_another_origin_cannot_start_or_stop_jobs(browser: DevTools, s
     # The dashboard is the server's own page: from there, the same calls work.
     browser.send("Page.navigate", url=f"{server.base}/dashboard")
     browser.wait_for("document.readyState === 'complete' && typeof api === 'function'", 30, "the dashboard")
-    body = json.dumps({**TINY, "model_name": "from_the_dashboard", "total_timesteps": 64})
+    body = json.dumps({**TINY, "model_name": "from_the_dashboard", "total_timesteps": 512})
     assert browser.evaluate(f"api('POST', '/train', {body}).then((job) => job.job_id)")
     assert browser.evaluate(f"api('POST', '/training/{running}/stop').then((job) => job.status)") == "stopped"
     assert browser.evaluate("api('DELETE', '/models/kept').then((answer) => answer.model_name)") == "kept"
