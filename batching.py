@@ -1,0 +1,123 @@
+"""Micro-batching: observations that concurrent requests send to the same model within a short window run as one
+forward pass, and each caller gets back exactly the rows of its own observations (as Ray Serve's ``@serve.batch``
+and BentoML's adaptive batching do).
+
+A batch opens with the first request for a model and closes when the first of these happens:
+
+- it holds ``max_batch`` observations (a request that would overflow it closes it and opens the next one);
+- a turn of the event loop brought no new request: nobody else is coming now, so a lone request is not kept
+  waiting (under 0.1 ms at concurrency 1);
+- ``max_wait_s`` has passed since it opened.
+
+The forward pass runs on the event loop (a tiny policy's forward costs less than a hop to a thread) or, with
+``in_thread``, in a worker thread, for models large enough that blocking the loop would cost more.
+"""
+
+import asyncio
+from collections.abc import Callable, Coroutine, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+
+# observations -> (actions, per-observation probabilities or None), one row per observation
+Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+Result = tuple[np.ndarray, np.ndarray | None]
+
+
+@dataclass
+class _Batch:
+    forward: Forward
+    parts: list[np.ndarray] = field(default_factory=list)
+    waiters: list[asyncio.Future[Result]] = field(default_factory=list)
+    size: int = 0
+    closed: bool = False
+
+
+class MicroBatcher:
+    """Groups concurrent ``run`` calls with the same key into one call of their ``forward``.
+
+    :param max_batch: Most observations in one forward pass
+    :param max_wait_s: Longest a request waits for others to join its batch
+    :param in_thread: Run the forward pass in a worker thread instead of on the event loop
+    :param on_batch: Called with the number of observations of each forward pass (metrics)
+    """
+
+    def __init__(
+        self,
+        max_batch: int = 64,
+        max_wait_s: float = 0.002,
+        in_thread: bool = False,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.in_thread = in_thread
+        self.on_batch = on_batch
+        self._open: dict[Hashable, _Batch] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, key: Hashable, observations: np.ndarray, forward: Forward) -> Result:
+        """``forward(observations)``, computed together with the other requests for ``key`` of the moment."""
+        if len(observations) >= self.max_batch:  # a full batch by itself
+            return await self._forward(forward, observations)
+        batch = self._open.get(key)
+        if batch is not None and batch.size + len(observations) > self.max_batch:
+            self._start(self._execute(self._seal(key, batch)))
+            batch = None
+        if batch is None:
+            batch = self._open[key] = _Batch(forward)
+            self._start(self._collect(key, batch))
+        waiter: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
+        batch.parts.append(observations)
+        batch.waiters.append(waiter)
+        batch.size += len(observations)
+        if batch.size >= self.max_batch:
+            self._start(self._execute(self._seal(key, batch)))
+        return await waiter
+
+    def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._tasks.discard)
+
+    async def _collect(self, key: Hashable, batch: _Batch) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.max_wait_s
+        seen = 0
+        # Let other requests join while each turn of the loop brings new ones, up to the deadline.
+        while not batch.closed and batch.size > seen and loop.time() < deadline:
+            seen = batch.size
+            await asyncio.sleep(0)
+        if not batch.closed:
+            await self._execute(self._seal(key, batch))
+
+    def _seal(self, key: Hashable, batch: _Batch) -> _Batch:
+        batch.closed = True
+        if self._open.get(key) is batch:
+            del self._open[key]
+        return batch
+
+    async def _execute(self, batch: _Batch) -> None:
+        observations = batch.parts[0] if len(batch.parts) == 1 else np.concatenate(batch.parts)
+        try:
+            actions, probabilities = await self._forward(batch.forward, observations)
+        except Exception as error:  # every caller of the batch hears of it: the forward pass is theirs too
+            for waiter in batch.waiters:
+                if not waiter.done():
+                    waiter.set_exception(error)
+            return
+        start = 0
+        for part, waiter in zip(batch.parts, batch.waiters, strict=True):
+            end = start + len(part)
+            if not waiter.done():  # a caller that went away (client disconnected) is skipped
+                waiter.set_result((actions[start:end], probabilities[start:end] if probabilities is not None else None))
+            start = end
+
+    async def _forward(self, forward: Forward, observations: np.ndarray) -> Result:
+        if self.on_batch is not None:
+            self.on_batch(len(observations))
+        if self.in_thread:
+            return await anyio.to_thread.run_sync(forward, observations)
+        return forward(observations)
