@@ -22,9 +22,13 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import errors
+from batching import MicroBatcher
 from jobs import JobRunner
+from metrics import CacheStats, RequestMetrics, ServiceMetrics
+from predictor import Predictor
 from rewards import REWARD_FUNCTIONS
 from routes import health, inference, models, reward_functions, training
+from routes import metrics as metrics_route
 from routes.dependencies import require_api_key
 from routes.responses import error_responses
 from settings import Settings
@@ -139,7 +143,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         runner = JobRunner(db, store, settings)
         runner.recover()
-        app.state.store, app.state.runner = store, runner
+        batcher = (
+            MicroBatcher(settings.inference_max_batch, settings.inference_max_wait_ms / 1000)
+            if settings.inference_batching
+            else None
+        )
+        predictor = Predictor(
+            store,
+            runner,
+            settings.max_inference_batch,
+            batcher,
+            settings.inference_inline_max_work,
+            metrics.observe_batch,
+            settings.inference_engine,
+            settings.torch_threads or 1,
+        )
+        app.state.store, app.state.runner, app.state.predictor = store, runner, predictor
+        metrics.watch(runner.count_by_state, runner.steps_per_second, lambda: CacheStats(**store.cache.stats()))
+        metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
         if settings.api_key is None and not is_loopback(settings.host):
             logger.warning(
@@ -152,6 +173,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # Stopping jobs waits for their threads; keep the event loop free meanwhile.
             await anyio.to_thread.run_sync(runner.shutdown)
+            if metrics_server is not None:
+                metrics_server.shutdown()
             db.close()
             th.set_num_threads(previous_threads)
 
@@ -162,16 +185,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "serve their actions.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    # Made with the app, not in its lifespan: the middleware that counts requests needs it before startup.
+    metrics = ServiceMetrics()
+    app.state.settings, app.state.metrics = settings, metrics
     app.add_exception_handler(errors.ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
+    # The inference route first: the router tries routes in order, and it is the one called thousands of times a second.
+    app.include_router(inference.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.include_router(health.public_router)
-    guarded = (health.root_router, training.router, inference.router, models.router, reward_functions.router)
+    guarded = (
+        health.root_router,
+        training.router,
+        models.router,
+        reward_functions.router,
+        metrics_route.router,
+    )
     for router in guarded:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost but CORS: times the 413s too
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -9,21 +9,20 @@ A batch opens with the first request for a model and closes when the first of th
   waiting (under 0.1 ms at concurrency 1);
 - ``max_wait_s`` has passed since it opened.
 
-The forward pass runs on the event loop (a tiny policy's forward costs less than a hop to a thread) or, with
-``in_thread``, in a worker thread, for models large enough that blocking the loop would cost more.
+The forward pass is the caller's coroutine: it decides where the work runs (on the event loop for a tiny policy,
+whose forward costs less than a hop to a thread; in a worker thread for a large one).
 """
 
 import asyncio
-from collections.abc import Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-import anyio
 import numpy as np
 
-# observations -> (actions, per-observation probabilities or None), one row per observation
-Forward = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
 Result = tuple[np.ndarray, np.ndarray | None]
+# observations -> (actions, per-observation probabilities or None), one row per observation
+Forward = Callable[[np.ndarray], Awaitable[Result]]
 
 
 @dataclass
@@ -40,28 +39,18 @@ class MicroBatcher:
 
     :param max_batch: Most observations in one forward pass
     :param max_wait_s: Longest a request waits for others to join its batch
-    :param in_thread: Run the forward pass in a worker thread instead of on the event loop
-    :param on_batch: Called with the number of observations of each forward pass (metrics)
     """
 
-    def __init__(
-        self,
-        max_batch: int = 64,
-        max_wait_s: float = 0.002,
-        in_thread: bool = False,
-        on_batch: Callable[[int], None] | None = None,
-    ) -> None:
+    def __init__(self, max_batch: int = 64, max_wait_s: float = 0.002) -> None:
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
-        self.in_thread = in_thread
-        self.on_batch = on_batch
         self._open: dict[Hashable, _Batch] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def run(self, key: Hashable, observations: np.ndarray, forward: Forward) -> Result:
         """``forward(observations)``, computed together with the other requests for ``key`` of the moment."""
         if len(observations) >= self.max_batch:  # a full batch by itself
-            return await self._forward(forward, observations)
+            return await forward(observations)
         batch = self._open.get(key)
         if batch is not None and batch.size + len(observations) > self.max_batch:
             self._start(self._execute(self._seal(key, batch)))
@@ -102,7 +91,7 @@ class MicroBatcher:
     async def _execute(self, batch: _Batch) -> None:
         observations = batch.parts[0] if len(batch.parts) == 1 else np.concatenate(batch.parts)
         try:
-            actions, probabilities = await self._forward(batch.forward, observations)
+            actions, probabilities = await batch.forward(observations)
         except Exception as error:  # every caller of the batch hears of it: the forward pass is theirs too
             for waiter in batch.waiters:
                 if not waiter.done():
@@ -114,10 +103,3 @@ class MicroBatcher:
             if not waiter.done():  # a caller that went away (client disconnected) is skipped
                 waiter.set_result((actions[start:end], probabilities[start:end] if probabilities is not None else None))
             start = end
-
-    async def _forward(self, forward: Forward, observations: np.ndarray) -> Result:
-        if self.on_batch is not None:
-            self.on_batch(len(observations))
-        if self.in_thread:
-            return await anyio.to_thread.run_sync(forward, observations)
-        return forward(observations)

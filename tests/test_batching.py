@@ -1,11 +1,9 @@
 """Micro-batching: concurrent requests share forward passes, and each gets exactly its own answer."""
 
 import asyncio
-import threading
 import time
 
 import numpy as np
-import pytest
 
 from batching import MicroBatcher, Result
 
@@ -15,11 +13,9 @@ class RecordingForward:
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
-        self.threads: list[int] = []
 
-    def __call__(self, observations: np.ndarray) -> Result:
+    async def __call__(self, observations: np.ndarray) -> Result:
         self.sizes.append(len(observations))
-        self.threads.append(threading.get_ident())
         return observations * 2, observations.sum(axis=1, keepdims=True)
 
 
@@ -107,7 +103,7 @@ def test_the_window_bounds_how_long_a_batch_collects() -> None:
 
 
 def test_errors_reach_every_caller_of_the_batch() -> None:
-    def broken(observations: np.ndarray) -> Result:
+    async def broken(observations: np.ndarray) -> Result:
         raise RuntimeError("forward failed")
 
     async def go() -> list[object]:
@@ -133,21 +129,14 @@ def test_a_caller_that_went_away_leaves_the_others_their_answers() -> None:
     assert_own_answers([batches[i] for i in (0, 2, 3)], results)
 
 
-@pytest.mark.parametrize("in_thread", [False, True])
-def test_where_the_forward_pass_runs(in_thread: bool) -> None:
-    forward, batches = RecordingForward(), requests(8)
-    sizes: list[int] = []
-    batcher = MicroBatcher(in_thread=in_thread, on_batch=sizes.append)
-    results = asyncio.run(run_all(batcher, forward, batches))
-    assert_own_answers(batches, results)
-    assert sizes == forward.sizes == [8]
-    assert (forward.threads[0] != threading.get_ident()) == in_thread
-
-
 def test_probabilities_may_be_absent() -> None:
     async def go() -> list[Result]:
         batcher = MicroBatcher()
-        return await asyncio.gather(*(batcher.run("m", obs, lambda o: (o + 1, None)) for obs in requests(3)))
+
+        async def no_probabilities(observations: np.ndarray) -> Result:
+            return observations + 1, None
+
+        return await asyncio.gather(*(batcher.run("m", obs, no_probabilities) for obs in requests(3)))
 
     for observations, (actions, probabilities) in zip(requests(3), asyncio.run(go()), strict=True):
         np.testing.assert_array_equal(actions, observations + 1)
