@@ -53,6 +53,7 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.UnknownEnvironment: 400,
     errors.InvalidObservation: 400,
     errors.InvalidEvaluation: 400,
+    errors.ModelNotExportable: 400,
     errors.BatchTooLarge: 413,
     errors.TooManyJobs: 429,
 }
@@ -160,7 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.store, app.state.runner, app.state.predictor = store, runner, predictor
         metrics.watch(runner.count_by_state, runner.steps_per_second, lambda: CacheStats(**store.cache.stats()))
-        metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
+        stop_metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
         if settings.api_key is None and not is_loopback(settings.host):
             logger.warning(
@@ -173,8 +174,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             # Stopping jobs waits for their threads; keep the event loop free meanwhile.
             await anyio.to_thread.run_sync(runner.shutdown)
-            if metrics_server is not None:
-                metrics_server.shutdown()
+            if stop_metrics_server is not None:
+                stop_metrics_server()
             db.close()
             th.set_num_threads(previous_threads)
 

@@ -18,6 +18,7 @@ it, ``onnxruntime`` (both in requirements.txt). ``OnnxPolicy`` runs it with the 
 
 import copy
 import io
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +33,8 @@ from torch import nn
 # 17 is what the torch exporter knows best and every onnxruntime of the last years runs.
 ONNX_OPSET = 17
 SUPPORTED_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
+# torch's exporter keeps its state in globals: one export at a time in the process.
+_EXPORTING = threading.Lock()
 
 
 class ExportUnsupported(ValueError):
@@ -160,7 +163,7 @@ def export_onnx(model: Any, normalizer: ObservationNormalizer | None = None, pat
     example = th.zeros((2, *shape), dtype=th.float32)  # 2: a batch dimension the tracer cannot fold into a constant
     outputs = ["action", "action_probs"] if isinstance(policy.action_space, spaces.Discrete) else ["action"]
     buffer = io.BytesIO()
-    with warnings.catch_warnings():
+    with _EXPORTING, warnings.catch_warnings():
         # The TorchScript exporter needs no extra package (the torch.export one needs onnxscript); torch 2.13,
         # which requirements.txt pins, still has it and says it is deprecated.
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -122,11 +121,17 @@ class ServiceMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    def serve(self, host: str, port: int) -> WSGIServer:
+    def serve(self, host: str, port: int) -> Callable[[], None]:
         """Serve the metrics at ``http://host:port/`` (any path), without the API key, from a thread of their own;
-        ``shutdown()`` the answer to stop."""
-        server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return server
+        returns the function that stops it."""
+        server, thread = start_http_server(port, addr=host, registry=self.registry)
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+            thread.join()
+
+        return stop
 
 
 class RequestMetrics:

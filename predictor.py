@@ -9,6 +9,7 @@ A forward pass small enough (observations x parameters up to ``inline_max_work``
 costs less than the hop to a worker thread; a larger one goes to a thread, so it never holds up other requests.
 """
 
+import asyncio
 import logging
 import weakref
 from collections.abc import Callable
@@ -83,6 +84,7 @@ class Predictor:
         # One module per loaded model, dropped with the model when the cache lets it go.
         self._policies: weakref.WeakKeyDictionary[GRPO, Policy | None] = weakref.WeakKeyDictionary()
         self._sizes: weakref.WeakKeyDictionary[GRPO, int] = weakref.WeakKeyDictionary()
+        self._compiling = asyncio.Lock()
 
     async def model(self, name: str) -> GRPO:
         """The model named ``name``: from the cache on the event loop, else read from disk in a thread."""
@@ -116,8 +118,11 @@ class Predictor:
         return await self.batcher.run(policy, observations, forward)
 
     async def _policy(self, model: GRPO) -> Policy | None:
-        if model not in self._policies:  # once per loaded model; an export takes a while: not on the event loop
-            self._policies[model] = await anyio.to_thread.run_sync(self._compile, model)
+        if model not in self._policies:
+            # Once per loaded model, however many requests ask at once; an export takes a while: in a thread.
+            async with self._compiling:
+                if model not in self._policies:
+                    self._policies[model] = await anyio.to_thread.run_sync(self._compile, model)
         return self._policies[model]
 
     def _compile(self, model: GRPO) -> Policy | None:

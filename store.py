@@ -24,6 +24,7 @@ import torch as th
 from gymnasium import spaces
 
 from errors import InvalidName, ModelNotFound, ModelUnreadable
+from export import ObservationNormalizer
 from grpo import GRPO
 from records import METRIC_LOGGER_KEYS, MODEL_NAME_PATTERN, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
 
@@ -398,6 +399,11 @@ class ModelStore:
             self.cache.put(name, model, memory_bytes(model))
             logger.info("model %s loaded", name)
             return model
+
+    def normalizer(self, name: str) -> ObservationNormalizer | None:
+        """The observation normalisation (VecNormalize statistics) a model was trained with, which its export and
+        inference must apply; None: the models this store keeps take raw observations."""
+        return None
 
     def list(self) -> list[ModelRecord]:
         """Every model on disk, with its metadata when the service trained it."""
