@@ -7,7 +7,7 @@ four thread hops per request cost more than everything else a small inference do
 import hmac
 from typing import Annotated
 
-from fastapi import Depends, Path, Request, Security
+from fastapi import Depends, Path, Request
 from fastapi.security import APIKeyHeader
 
 from errors import NotAuthenticated
@@ -40,16 +40,26 @@ RunnerDep = Annotated[JobRunner, Depends(get_runner)]
 PredictorDep = Annotated[Predictor, Depends(get_predictor)]
 ModelNameParam = Annotated[str, Path(pattern=MODEL_NAME_PATTERN)]
 
-api_key_header = APIKeyHeader(
-    name="X-API-Key", auto_error=False, description="The server's GRPO_API_KEY, when it has one"
+
+class APIKeyCheck(APIKeyHeader):
+    """The X-API-Key header, declared as OpenAPI's security scheme (Swagger UI's "Authorize" button) and checked
+    against the server's key in the same step: one dependency on every guarded request instead of three, each of
+    which costs FastAPI tens of microseconds to solve."""
+
+    async def __call__(self, request: Request) -> None:  # type: ignore[override]
+        """Let the request through when the server has no key, or when it sent the key."""
+        expected = request.app.state.settings.api_key
+        if expected is None:
+            return
+        key = request.headers.get(self.model.name)
+        # Constant time: how long a wrong key takes to refuse says nothing about how much of it was right.
+        if key is None or not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
+            raise NotAuthenticated("Missing or wrong X-API-Key")
+
+
+require_api_key = APIKeyCheck(
+    name="X-API-Key",
+    scheme_name="APIKeyHeader",  # the scheme's name in the OpenAPI document, as it was
+    auto_error=False,
+    description="The server's GRPO_API_KEY, when it has one",
 )
-
-
-async def require_api_key(settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]) -> None:
-    """Let the request through when the server has no key, or when it sent the key."""
-    expected = settings.api_key
-    if expected is None:
-        return
-    # Constant time: how long a wrong key takes to refuse says nothing about how much of it was right.
-    if key is None or not hmac.compare_digest(key.encode(), expected.get_secret_value().encode()):
-        raise NotAuthenticated("Missing or wrong X-API-Key")
