@@ -7,6 +7,7 @@ made in the app's lifespan and reached through the typed dependencies of ``route
 Run it with ``python run_api.py``; Swagger UI is at ``/docs`` and ReDoc at ``/redoc``.
 """
 
+import gc
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
@@ -169,9 +170,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "set GRPO_API_KEY (or --api-key)",
                 settings.host,
             )
+        # What startup made (torch, SB3, the app) lives as long as the server: out of every garbage collection, which
+        # would otherwise walk it again and again (a third of a small request's CPU under load, measured).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             # Stopping jobs waits for their threads; keep the event loop free meanwhile.
             await anyio.to_thread.run_sync(runner.shutdown)
             if stop_metrics_server is not None:

@@ -32,6 +32,7 @@ class _Batch:
     waiters: list[asyncio.Future[Result]] = field(default_factory=list)
     size: int = 0
     closed: bool = False
+    answered: bool = False
 
 
 class MicroBatcher:
@@ -53,17 +54,19 @@ class MicroBatcher:
             return await forward(observations)
         batch = self._open.get(key)
         if batch is not None and batch.size + len(observations) > self.max_batch:
-            self._start(self._execute(self._seal(key, batch)))
+            self._seal(key, batch)  # its leader runs it at its next turn
             batch = None
+        leads = batch is None
         if batch is None:
             batch = self._open[key] = _Batch(forward)
-            self._start(self._collect(key, batch))
         waiter: asyncio.Future[Result] = asyncio.get_running_loop().create_future()
         batch.parts.append(observations)
         batch.waiters.append(waiter)
         batch.size += len(observations)
         if batch.size >= self.max_batch:
-            self._start(self._execute(self._seal(key, batch)))
+            self._seal(key, batch)
+        if leads:  # the first request of a batch collects and runs it: no task of its own to start
+            await self._lead(key, batch)
         return await waiter
 
     def _start(self, coroutine: Coroutine[Any, Any, None]) -> None:
@@ -71,16 +74,20 @@ class MicroBatcher:
         self._tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._tasks.discard)
 
-    async def _collect(self, key: Hashable, batch: _Batch) -> None:
+    async def _lead(self, key: Hashable, batch: _Batch) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         seen = 0
-        # Let other requests join while each turn of the loop brings new ones, up to the deadline.
-        while not batch.closed and batch.size > seen and loop.time() < deadline:
-            seen = batch.size
-            await asyncio.sleep(0)
-        if not batch.closed:
+        try:
+            # Let other requests join while each turn of the loop brings new ones, up to the deadline.
+            while not batch.closed and batch.size > seen and loop.time() < deadline:
+                seen = batch.size
+                await asyncio.sleep(0)
             await self._execute(self._seal(key, batch))
+        except asyncio.CancelledError:
+            if not batch.answered:  # the leader's client went away: the others still get their answers
+                self._start(self._execute(self._seal(key, batch)))
+            raise
 
     def _seal(self, key: Hashable, batch: _Batch) -> _Batch:
         batch.closed = True
@@ -93,10 +100,12 @@ class MicroBatcher:
         try:
             actions, probabilities = await batch.forward(observations)
         except Exception as error:  # every caller of the batch hears of it: the forward pass is theirs too
+            batch.answered = True
             for waiter in batch.waiters:
                 if not waiter.done():
                     waiter.set_exception(error)
             return
+        batch.answered = True
         start = 0
         for part, waiter in zip(batch.parts, batch.waiters, strict=True):
             end = start + len(part)

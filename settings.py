@@ -51,8 +51,10 @@ class Settings(BaseSettings):
         "(fastest for small policies on a CPU) or torch (always for models on a GPU)",
     )
     inference_batching: bool = Field(
-        True,
-        description="Run concurrent deterministic /inference requests for the same model as one forward pass",
+        False,
+        description="Run concurrent deterministic /inference requests for the same model as one forward pass; pays "
+        "when a forward pass is costly (the torch engine, a GPU, large policies), not for small policies in "
+        "onnxruntime, whose pass costs less than batching's bookkeeping",
     )
     inference_max_batch: int = Field(64, ge=1, description="Most observations in one micro-batched forward pass")
     inference_max_wait_ms: float = Field(

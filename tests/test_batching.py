@@ -141,3 +141,19 @@ def test_probabilities_may_be_absent() -> None:
     for observations, (actions, probabilities) in zip(requests(3), asyncio.run(go()), strict=True):
         np.testing.assert_array_equal(actions, observations + 1)
         assert probabilities is None
+
+
+def test_when_the_first_caller_goes_away_the_others_still_get_their_answers() -> None:
+    """The first request of a batch runs it; cancelled while it collects, it hands the batch on."""
+    forward, batches = RecordingForward(), requests(4)
+
+    async def go() -> list[Result]:
+        batcher = MicroBatcher(max_wait_s=1.0)
+        tasks = [asyncio.ensure_future(batcher.run("m", obs, forward)) for obs in batches]
+        await asyncio.sleep(0)
+        tasks[0].cancel()
+        return await asyncio.gather(*tasks[1:])
+
+    results = asyncio.run(go())
+    assert forward.sizes == [4]
+    assert_own_answers(batches[1:], results)
