@@ -140,7 +140,11 @@ def start_servers(root: Path, before: Path | None) -> dict[str, Server]:
     servers = {
         "echo": server("echo", command=[sys.executable, str(REPO / "benchmarks" / "echo_app.py")]),
         "service": server("service"),
-        "unbatched": server("unbatched", env={"GRPO_INFERENCE_BATCHING": "false"}),
+        "batched": server("batched", env={"GRPO_INFERENCE_BATCHING": "true"}),
+        "torch": server("torch", env={"GRPO_INFERENCE_ENGINE": "torch"}),
+        "torch-batched": server(
+            "torch-batched", env={"GRPO_INFERENCE_ENGINE": "torch", "GRPO_INFERENCE_BATCHING": "true"}
+        ),
     }
     if before is not None:
         shim = root / "without-standard-extras"
@@ -170,12 +174,17 @@ def inference_cells(before: bool) -> list[Cell]:
     for c in CONCURRENCY:
         cells += [
             Cell("echo app `POST /echo`, single", "echo", "/echo", single, c),
-            Cell("`/inference`, single, micro-batching off", "unbatched", "/inference", single, c),
-            Cell("`/inference`, single, micro-batching on (default)", "service", "/inference", single, c),
+            Cell("`/inference`, single (defaults: onnxruntime, no micro-batching)", "service", "/inference", single, c),
+            Cell("`/inference`, single, onnxruntime, micro-batching", "batched", "/inference", single, c),
         ]
+        if c > 1:
+            cells += [
+                Cell("`/inference`, single, torch engine", "torch", "/inference", single, c),
+                Cell("`/inference`, single, torch engine, micro-batching", "torch-batched", "/inference", single, c),
+            ]
         if before:
             cells.append(Cell("`/inference`, single, before (h11, asyncio)", "before", "/inference", single, c))
-    cells += [Cell(f"`/inference`, batch of {BATCH} (default)", "service", "/inference", batch, c) for c in (1, 16)]
+    cells += [Cell(f"`/inference`, batch of {BATCH} (defaults)", "service", "/inference", batch, c) for c in (1, 16)]
     return cells
 
 
@@ -199,12 +208,10 @@ def run(duration: float, rounds: int, before: Path | None, output: Path) -> str:
         print("training the served model ...", flush=True)
         job = start_job(client, {"model_name": "bench", "total_timesteps": 2048, "seed": 0})
         assert wait_for_job(client, job["job_id"], **SPARSE_POLLS)["status"] == "completed"
-        for name in ("unbatched", "before"):
-            if name in servers:
-                shutil.copy(root / "service" / "models" / "bench.zip", root / name / "models" / "bench.zip")
-        for name in ("service", "unbatched", "before"):
-            if name in servers:  # load the model and build its fast path before the clock runs
-                assert servers[name].post("/inference", {"model_name": "bench", "observation": OBSERVATION}).is_success
+        for name in servers.keys() - {"echo", "service"}:
+            shutil.copy(root / "service" / "models" / "bench.zip", root / name / "models" / "bench.zip")
+        for name in servers.keys() - {"echo"}:  # load the model and build its fast path before the clock runs
+            assert servers[name].post("/inference", {"model_name": "bench", "observation": OBSERVATION}).is_success
 
         cells = inference_cells(before is not None)
         measure(cells, servers, rounds, duration)
@@ -266,33 +273,34 @@ def report(
     cells: list[Cell], loaded: list[Cell], before: Path | None, duration: float, rounds: int, load_before: float
 ) -> list[str]:
     echo16 = find(cells, "echo", "/echo", 16)
-    batched = {c: find(cells, "service", "/inference", c) for c in CONCURRENCY}
-    unbatched = {c: find(cells, "unbatched", "/inference", c) for c in CONCURRENCY}
+    default = {c: find(cells, "service", "/inference", c) for c in CONCURRENCY}
+    batched = {c: find(cells, "batched", "/inference", c) for c in CONCURRENCY}
+    torch_gain = find(cells, "torch-batched", "/inference", 64).rps / find(cells, "torch", "/inference", 64).rps
     doubled = max(find(cells, "echo", "/echo", 32).rps, find(cells, "echo", "/echo", 16, 2).rps)
     wrk_check = cells[0]
-    idle = {1: batched[1], 16: batched[16]}
+    idle = {1: default[1], 16: default[16]}
     worst = max(cell.p99 / idle[cell.connections].p99 for cell in loaded)
-    ratio = batched[16].rps / echo16.rps
-    gain = batched[64].rps / unbatched[64].rps
-    added = batched[1].p50 - unbatched[1].p50
+    ratio = default[16].rps / echo16.rps
+    gain = batched[64].rps / default[64].rps
+    added = batched[1].p50 - default[1].p50
     targets = [
         "| target | measured | met |",
         "| --- | --- | --- |",
         f"| wrk is not the bottleneck: 2x connections or threads raise the echo's requests/s by <= 10% | "
         f"{doubled / wrk_check.rps - 1:+.0%} | {met(doubled <= 1.1 * wrk_check.rps)} |",
         f"| `/inference` (single, c=16, default settings) >= 0.6x the echo app's requests/s | {ratio:.2f}x "
-        f"({batched[16].rps:.0f} vs {echo16.rps:.0f}; micro-batching off: "
-        f"{unbatched[16].rps / echo16.rps:.2f}x) | {met(ratio >= 0.6)} |",
+        f"({default[16].rps:.0f} vs {echo16.rps:.0f}; with micro-batching: "
+        f"{batched[16].rps / echo16.rps:.2f}x) | {met(ratio >= 0.6)} |",
     ]
     if before is not None:
         old = find(cells, "before", "/inference", 16)
         targets.append(
-            f"| `/inference` p99 at c=16 no worse than before | {batched[16].p99:.2f} ms vs {old.p99:.2f} ms "
-            f"before | {met(batched[16].p99 <= old.p99)} |"
+            f"| `/inference` p99 at c=16 no worse than before | {default[16].p99:.2f} ms vs {old.p99:.2f} ms "
+            f"before | {met(default[16].p99 <= old.p99)} |"
         )
     targets += [
-        f"| micro-batching: `/inference` at c=64 >= 1.3x the requests/s without it | {gain:.2f}x "
-        f"({batched[64].rps:.0f} vs {unbatched[64].rps:.0f}) | {met(gain >= 1.3)} |",
+        f"| micro-batching: `/inference` at c=64 >= 1.3x the requests/s without it | onnxruntime {gain:.2f}x "
+        f"({batched[64].rps:.0f} vs {default[64].rps:.0f}); torch engine {torch_gain:.2f}x | {met(gain >= 1.3)} |",
         f"| micro-batching adds < 1 ms to p50 at c=1 | {added:+.2f} ms | {met(added < 1.0)} |",
         f"| p99 while two jobs train <= 3x idle p99 | {worst:.2f}x | {met(worst <= 3)} |",
     ]
@@ -335,8 +343,9 @@ def report(
         "",
         "The echo app is a bare FastAPI app (`benchmarks/echo_app.py`: one route that returns its body, no "
         "middleware) started like the service, in a process of its own: the ceiling of the web stack. "
-        f'The service runs `run_api.py` with its defaults; "micro-batching off" is a second one with '
-        f"`GRPO_INFERENCE_BATCHING=false`.{before_note} "
+        "The service runs `run_api.py` with its defaults (onnxruntime, no micro-batching); the other rows are "
+        "servers of their own with `GRPO_INFERENCE_BATCHING=true` and/or `GRPO_INFERENCE_ENGINE=torch`."
+        f"{before_note} "
         "CPU us/request: the server process's user and system time over the cell, per request.",
         "",
         "| what | connections | wrk threads | requests/s | p50 ms | p99 ms | server CPU us/request | errors |",

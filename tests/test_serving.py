@@ -76,7 +76,7 @@ def test_a_large_forward_pass_leaves_the_event_loop(tmp_path: Path) -> None:
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path: Path) -> None:
     """Through the whole app: 64 concurrent single-observation requests, fewer forward passes, right answers."""
-    settings = make_settings(tmp_path, inference_max_wait_ms=50.0)
+    settings = make_settings(tmp_path, inference_batching=True, inference_max_wait_ms=50.0)
     app = create_app(settings)
     with TestClient(app) as client:
         assert wait_for_job(client, train(client, model_name="cp", total_timesteps=128, seed=0))["model_saved"]
