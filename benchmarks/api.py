@@ -8,8 +8,8 @@ the model that the document's default ``POST /train {}`` produces.
 Each cell is measured ``rounds`` times, the rounds interleaved across all cells so that the machine's other work
 hits every cell alike; a cell shows the median. Besides requests/s, each cell gives the server's CPU time per
 request (from /proc), which other work on the machine disturbs much less than wall-clock numbers. ``--before DIR``
-adds rows for an earlier checkout of this repository (``git archive <commit> | tar -x -C DIR``), started as it ran
-then: without uvicorn's standard extras (httptools, uvloop).
+adds rows for an earlier checkout of this repository, started as it ran then: without uvicorn's standard extras
+(httptools, uvloop). Make one with ``git archive <commit> | tar -x -C DIR && echo <commit> > DIR/.commit``.
 """
 
 import argparse
@@ -122,6 +122,12 @@ def seconds(status: dict[str, Any]) -> float:
     start = datetime.fromisoformat(status["start_time"].replace("Z", "+00:00"))
     end = datetime.fromisoformat(status["end_time"].replace("Z", "+00:00"))
     return (end - start).total_seconds()
+
+
+def describe_checkout(folder: Path) -> str:
+    """Which commit a ``git archive`` of this repository came from, as its tar header recorded it (in .commit)."""
+    marker = folder / ".commit"
+    return f"commit {marker.read_text().strip()[:7]}" if marker.exists() else "an earlier version"
 
 
 def met(condition: bool) -> str:
@@ -315,7 +321,8 @@ def report(
             f"{cell.p99 / base.p99:.2f}x | {cell.rps:.0f} |"
         )
     before_note = (
-        f' "before" is the checkout in `{before.name}`, started as it ran then (uvicorn on h11 and asyncio).'
+        f' "before" is the checkout in `{before}` ({describe_checkout(before)}), started as it ran then (uvicorn on '
+        "h11 and asyncio)."
         if before is not None
         else ""
     )
