@@ -36,6 +36,10 @@ class ModelUnreadable(ServiceError):
     """A file in the models folder that GRPO.load cannot read: the store is damaged, not the request."""
 
 
+class ModelNotExportable(ServiceError):
+    """A model whose policy or spaces the ONNX export cannot express (e.g. Dict observations)."""
+
+
 # training jobs
 
 

@@ -465,6 +465,17 @@ class JobRunner:
             running = sum(job.started for job in self._active.values())
             return running, len(self._active) - running
 
+    def count_by_state(self) -> dict[str, int]:
+        """Jobs in each state, every state named (0 included), for the metrics."""
+        return {state.value: 0 for state in JobState} | self.db.count_jobs()
+
+    def steps_per_second(self) -> dict[str, float]:
+        """Environment steps per second (SB3's time/fps) of each running job that has logged it."""
+        with self._lock:
+            running = [job for job in self._active.values() if job.started]
+        speeds = {job.record.job_id: job.metrics.get("time/fps") for job in running}
+        return {job_id: speed for job_id, speed in speeds.items() if speed is not None}
+
     def stop(self, job_id: str, wait_s: float = 10.0) -> JobRecord:
         """Stop a job; a running one keeps the model it trained so far. Waits up to ``wait_s`` for it."""
         with self._lock:

@@ -56,6 +56,36 @@ class Settings(BaseSettings):
         "POST /training/{job_id}/resume continues from; a request may ask for its own (0: only when a job stops)",
     )
     max_inference_batch: int = Field(1024, ge=1, description="Most observations one /inference request may carry")
+    inference_engine: Literal["onnxruntime", "torch"] = Field(
+        "onnxruntime",
+        description="What runs a model's deterministic policy for /inference: its ONNX export in onnxruntime "
+        "(fastest for small policies on a CPU) or torch (always for models on a GPU)",
+    )
+    inference_batching: bool = Field(
+        False,
+        description="Run concurrent deterministic /inference requests for the same model as one forward pass; pays "
+        "when a forward pass is costly (the torch engine, a GPU, large policies), not for small policies in "
+        "onnxruntime, whose pass costs less than batching's bookkeeping",
+    )
+    inference_max_batch: int = Field(64, ge=1, description="Most observations in one micro-batched forward pass")
+    inference_max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="Longest a request waits for others to join its micro-batch (a lone request does not wait)",
+    )
+    inference_inline_max_work: int = Field(
+        4_000_000,
+        ge=0,
+        description="Largest observations x policy parameters of a forward pass run on the event loop; larger "
+        "ones go to a worker thread (0: always a thread)",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Also serve the Prometheus metrics on this port, without the API key (None: only GET /metrics)",
+    )
     max_request_bytes: int = Field(8 * 2**20, ge=1024, description="Largest request body, in bytes (413 beyond)")
     cors_origins: list[str] = Field(
         default_factory=list,

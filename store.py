@@ -192,6 +192,11 @@ class Database:
     def list_jobs(self) -> list[JobRecord]:
         return [_job(row) for row in self._read("SELECT * FROM jobs ORDER BY rowid")]
 
+    def count_jobs(self) -> dict[str, int]:
+        """How many jobs are in each state that has any."""
+        rows = self._read("SELECT status, COUNT(*) AS count FROM jobs GROUP BY status")
+        return {row["status"]: row["count"] for row in rows}
+
     def interrupt_unfinished(self, message: str) -> int:
         """Mark the jobs a previous run left queued or running as interrupted, back at their last checkpoint (what
         a resume continues from); returns how many."""
@@ -259,11 +264,15 @@ def memory_bytes(model: GRPO) -> int:
 
 
 class ModelCache:
-    """Loaded models, least recently used first out, bounded by count and by bytes."""
+    """Loaded models, least recently used first out, bounded by count and by bytes.
+
+    ``hits`` counts the models it handed out, ``misses`` the ones that had to be read from disk and put in."""
 
     def __init__(self, max_models: int, max_bytes: int) -> None:
         self.max_models = max_models
         self.max_bytes = max_bytes
+        self.hits = 0
+        self.misses = 0
         self._models: OrderedDict[str, tuple[TrainedModel, int]] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -272,11 +281,13 @@ class ModelCache:
             entry = self._models.get(name)
             if entry is None:
                 return None
+            self.hits += 1
             self._models.move_to_end(name)
             return entry[0]
 
     def put(self, name: str, model: TrainedModel, size: int) -> None:
         with self._lock:
+            self.misses += 1
             self._models[name] = (model, size)
             self._models.move_to_end(name)
             # The newest model stays even when it alone exceeds the byte budget: it is the one being served.
@@ -299,6 +310,11 @@ class ModelCache:
     @property
     def total_bytes(self) -> int:
         return sum(size for _, size in self._models.values())
+
+    def stats(self) -> dict[str, int]:
+        """hits, misses, bytes and models, read together (for the metrics)."""
+        with self._lock:
+            return {"hits": self.hits, "misses": self.misses, "bytes": self.total_bytes, "models": len(self._models)}
 
 
 class ModelStore:
@@ -357,6 +373,10 @@ class ModelStore:
         # A model saved over an older one of the same name must not be served from the stale cache entry.
         self.cache.discard(record.name)
         return record
+
+    def loaded(self, name: str) -> TrainedModel | None:
+        """The model when it is in the cache, else None: never touches the disk, so the event loop may call it."""
+        return self.cache.get(name)
 
     def load(self, name: str) -> TrainedModel:
         """The model saved under ``name``, with the normalisation statistics it was trained under."""

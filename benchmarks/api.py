@@ -1,27 +1,31 @@
-"""Benchmark of the service: inference throughput and latency, the same under training load, and training speed.
+"""Benchmark of the service as a load balancer sees it: requests/s and latency from ``wrk`` against the real server
+(``run_api.py``) and, in a process of its own on the same stack, a bare FastAPI echo app (the ceiling); then
+``/inference`` while two training jobs run, training speed through the API against ``learn``, and the mean return of
+the model that the document's default ``POST /train {}`` produces.
 
-    python benchmarks/api.py [--duration 3] [--output docs/benchmarks.md]
+    python benchmarks/api.py [--duration 3] [--rounds 3] [--before DIR] [--output docs/benchmarks.md]
 
-It starts ``create_app`` under uvicorn in a subprocess (with one extra route, ``POST /echo``, that returns its
-body: the web stack's own ceiling on the same server), drives it from this process with httpx at several
-concurrencies, and compares with ``model.predict`` called in-process. Then it measures ``/inference`` while two
-training jobs run, training steps per second through the API against ``learn`` called directly, and the mean
-return of the model that the document's default ``POST /train {}`` produces.
+Each cell is measured ``rounds`` times, the rounds interleaved across all cells so that the machine's other work
+hits every cell alike; a cell shows the median. Besides requests/s, each cell gives the server's CPU time per
+request (from /proc), which other work on the machine disturbs much less than wall-clock numbers. ``--before DIR``
+adds rows for an earlier checkout of this repository, started as it ran then: without uvicorn's standard extras
+(httptools, uvloop). Make one with ``git archive <commit> | tar -x -C DIR && echo <commit> > DIR/.commit``.
 """
 
 import argparse
-import asyncio
 import os
 import platform
+import shutil
 import signal
+import statistics
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import torch as th
 from stable_baselines3.common.env_util import make_vec_env
@@ -29,6 +33,7 @@ from stable_baselines3.common.env_util import make_vec_env
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
+from benchmarks import wrk  # noqa: E402
 from benchmarks.report import DEFAULT_MARKDOWN, publish  # noqa: E402
 from grpo import GRPO  # noqa: E402
 from rewards import REWARD_FUNCTIONS  # noqa: E402
@@ -40,71 +45,65 @@ CONCURRENCY = (1, 16, 64)
 SPEED_ATTEMPTS = 3
 # Sparse polls: each costs the server a little of the CPU it trains on.
 SPARSE_POLLS = {"timeout": 600, "poll_s": 0.5}
+# Imported first by a Python started with this folder on PYTHONPATH: uvicorn's "auto" then finds neither
+# uvloop nor httptools and runs asyncio and h11, as it did before requirements.txt asked for uvicorn[standard].
+WITHOUT_STANDARD_EXTRAS = 'import sys\nsys.modules["uvloop"] = None\nsys.modules["httptools"] = None\n'
 
 
-def serve(port: int, models_dir: str, db_path: str) -> None:
-    """The benchmark's server: the real app plus a bare echo route on the same uvicorn stack."""
-    import uvicorn
+@dataclass
+class Cell:
+    """One row of the table: the same wrk load, repeated once per round."""
 
-    from api import create_app
-    from settings import Settings
+    what: str
+    server: str
+    path: str
+    body: dict[str, Any] | None = None
+    connections: int = 16
+    threads: int = 1
+    results: list[wrk.LoadResult] = field(default_factory=list)
+    cpu_us: list[float] = field(default_factory=list)
 
-    app = create_app(Settings(models_dir=Path(models_dir), db_path=Path(db_path), port=port, max_concurrent_jobs=2))
+    @property
+    def rps(self) -> float:
+        return statistics.median(result.rps for result in self.results)
 
-    @app.post("/echo")
-    async def echo(body: dict[str, Any]) -> dict[str, Any]:
-        return body
+    @property
+    def p50(self) -> float:
+        return statistics.median(result.p50_ms for result in self.results)
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    @property
+    def p99(self) -> float:
+        return statistics.median(result.p99_ms for result in self.results)
 
+    @property
+    def errors(self) -> int:
+        return sum(result.errors for result in self.results)
 
-# load generation
-
-
-async def load(url: str, body: dict[str, Any], concurrency: int, duration: float) -> dict[str, float]:
-    """Requests per second and latency percentiles of ``concurrency`` clients posting ``body`` for ``duration``."""
-    latencies: list[float] = []
-    errors = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
-        for _ in range(concurrency):  # warm the connections and the model cache
-            await client.post(url, json=body)
-        stop_at = time.perf_counter() + duration
-
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < stop_at:
-                started = time.perf_counter()
-                response = await client.post(url, json=body)
-                latencies.append(time.perf_counter() - started)
-                errors += response.status_code != 200
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - started
-    ms = np.array(latencies) * 1000
-    return {
-        "rps": len(latencies) / elapsed,
-        "p50": float(np.percentile(ms, 50)),
-        "p99": float(np.percentile(ms, 99)),
-        "errors": errors,
-    }
+    def row(self) -> str:
+        return (
+            f"| {self.what} | {self.connections} | {self.threads} | {self.rps:.0f} | {self.p50:.2f} | "
+            f"{self.p99:.2f} | {statistics.median(self.cpu_us):.0f} | {self.errors} |"
+        )
 
 
-def direct_predict(model: Any, observations: np.ndarray, duration: float) -> dict[str, float]:
-    latencies = []
-    stop_at = time.perf_counter() + duration
-    while time.perf_counter() < stop_at:
-        started = time.perf_counter()
-        model.predict(observations, deterministic=True)
-        latencies.append(time.perf_counter() - started)
-    ms = np.array(latencies) * 1000
-    return {
-        "rps": len(latencies) / sum(latencies),
-        "p50": float(np.percentile(ms, 50)),
-        "p99": float(np.percentile(ms, 99)),
-        "errors": 0,
-    }
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (its threads included)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(cells: list[Cell], servers: dict[str, Server], rounds: int, duration: float) -> None:
+    for round_ in range(rounds):
+        for cell in cells:
+            print(f"round {round_ + 1}/{rounds}: {cell.what}, {cell.connections} connections ...", flush=True)
+            server = servers[cell.server]
+            assert server.process is not None
+            before = cpu_seconds(server.process.pid)
+            result = wrk.load(
+                server.base + cell.path, cell.body, cell.connections, cell.threads, duration, server.headers
+            )
+            cell.results.append(result)
+            cell.cpu_us.append((cpu_seconds(server.process.pid) - before) / max(result.requests, 1) * 1e6)
 
 
 def direct_training(steps: int, config: dict[str, Any], path: Path) -> float:
@@ -119,80 +118,120 @@ def direct_training(steps: int, config: dict[str, Any], path: Path) -> float:
     return model.num_timesteps / (time.perf_counter() - started)
 
 
-# helpers
-
-
 def seconds(status: dict[str, Any]) -> float:
     start = datetime.fromisoformat(status["start_time"].replace("Z", "+00:00"))
     end = datetime.fromisoformat(status["end_time"].replace("Z", "+00:00"))
     return (end - start).total_seconds()
 
 
-def row(name: str, concurrency: int | str, result: dict[str, float]) -> str:
-    return (
-        f"| {name} | {concurrency} | {result['rps']:.0f} | {result['p50']:.2f} | {result['p99']:.2f} | "
-        f"{int(result['errors'])} |"
-    )
+def describe_checkout(folder: Path) -> str:
+    """Which commit a ``git archive`` of this repository came from, as its tar header recorded it (in .commit)."""
+    marker = folder / ".commit"
+    return f"commit {marker.read_text().strip()[:7]}" if marker.exists() else "an earlier version"
+
+
+def met(condition: bool) -> str:
+    return "yes" if condition else "**no**"
 
 
 # the benchmark
 
 
-def run(duration: float, output: Path) -> str:
+def start_servers(root: Path, before: Path | None) -> dict[str, Server]:
+    def server(name: str, **kwargs: Any) -> Server:
+        (root / name).mkdir(parents=True)
+        # Every server alike without uvicorn's access log: one log line per request would be what is measured.
+        return Server(root / name, free_port(), "--log-level", "warning", **kwargs)
+
+    servers = {
+        "echo": server("echo", command=[sys.executable, str(REPO / "benchmarks" / "echo_app.py")]),
+        "service": server("service"),
+        "batched": server("batched", env={"GRPO_INFERENCE_BATCHING": "true"}),
+        "torch": server("torch", env={"GRPO_INFERENCE_ENGINE": "torch"}),
+        "torch-batched": server(
+            "torch-batched", env={"GRPO_INFERENCE_ENGINE": "torch", "GRPO_INFERENCE_BATCHING": "true"}
+        ),
+    }
+    if before is not None:
+        shim = root / "without-standard-extras"
+        shim.mkdir()
+        (shim / "sitecustomize.py").write_text(WITHOUT_STANDARD_EXTRAS)
+        servers["before"] = server(
+            "before", command=[sys.executable, str(before / "run_api.py")], env={"PYTHONPATH": str(shim)}
+        )
+    for running in servers.values():
+        running.start()
+    return servers
+
+
+def inference_cells(before: bool) -> list[Cell]:
+    single = {"model_name": "bench", "observation": OBSERVATION}
+    rng = np.random.default_rng(0)
+    batch = {"model_name": "bench", "observations": rng.normal(0, 0.05, size=(BATCH, 4)).round(5).tolist()}
+    cells = [
+        # wrk is not the bottleneck when twice its connections or threads do not raise the echo's rate
+        Cell("`POST /echo` (wrk check)", "echo", "/echo", single, 16, 1),
+        Cell("`POST /echo` (wrk check)", "echo", "/echo", single, 32, 1),
+        Cell("`POST /echo` (wrk check)", "echo", "/echo", single, 16, 2),
+        Cell("echo app `GET /`", "echo", "/"),
+        Cell("service `GET /`", "service", "/"),
+        Cell("service `GET /health`", "service", "/health"),
+    ]
+    for c in CONCURRENCY:
+        cells += [
+            Cell("echo app `POST /echo`, single", "echo", "/echo", single, c),
+            Cell("`/inference`, single (defaults: onnxruntime, no micro-batching)", "service", "/inference", single, c),
+            Cell("`/inference`, single, onnxruntime, micro-batching", "batched", "/inference", single, c),
+        ]
+        if c > 1:
+            cells += [
+                Cell("`/inference`, single, torch engine", "torch", "/inference", single, c),
+                Cell("`/inference`, single, torch engine, micro-batching", "torch-batched", "/inference", single, c),
+            ]
+        if before:
+            cells.append(Cell("`/inference`, single, before (h11, asyncio)", "before", "/inference", single, c))
+    cells += [Cell(f"`/inference`, batch of {BATCH} (defaults)", "service", "/inference", batch, c) for c in (1, 16)]
+    return cells
+
+
+def find(cells: list[Cell], server: str, path: str, connections: int, threads: int = 1) -> Cell:
+    return next(
+        cell
+        for cell in cells
+        if (cell.server, cell.path, cell.connections, cell.threads) == (server, path, connections, threads)
+        and "batch of" not in cell.what
+    )
+
+
+def run(duration: float, rounds: int, before: Path | None, output: Path) -> str:
     th.set_num_threads(1)  # as the server does (Settings.torch_threads)
     load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
-    server = Server(root, free_port(), command=[sys.executable, __file__, "serve"])
-    server.start()
-    base, client = server.base, server.http
-    lines: list[str] = []
+    servers = start_servers(root, before)
+    service = servers["service"]
+    client = service.http
     try:
         print("training the served model ...", flush=True)
         job = start_job(client, {"model_name": "bench", "total_timesteps": 2048, "seed": 0})
         assert wait_for_job(client, job["job_id"], **SPARSE_POLLS)["status"] == "completed"
-        model = GRPO.load(root / "models" / "bench.zip", device="cpu")
+        for name in servers.keys() - {"echo", "service"}:
+            shutil.copy(root / "service" / "models" / "bench.zip", root / name / "models" / "bench.zip")
+        for name in servers.keys() - {"echo"}:  # load the model and build its fast path before the clock runs
+            assert servers[name].post("/inference", {"model_name": "bench", "observation": OBSERVATION}).is_success
 
-        single = {"model_name": "bench", "observation": OBSERVATION}
-        rng = np.random.default_rng(0)
-        batch_obs = rng.normal(0, 0.05, size=(BATCH, 4)).astype(np.float32)
-        batch = {"model_name": "bench", "observations": batch_obs.tolist()}
-
-        results: dict[tuple[str, str, int], dict[str, float]] = {}
-        table = [
-            "| what | concurrency | requests/s | p50 ms | p99 ms | errors |",
-            "| --- | --- | --- | --- | --- | --- |",
-        ]
-        for payload_name, body, direct_obs in (
-            ("single", single, np.array(OBSERVATION, dtype=np.float32)),
-            (f"batch of {BATCH}", batch, batch_obs),
-        ):
-            result = direct_predict(model, direct_obs, duration)
-            table.append(row(f"in-process `model.predict`, {payload_name}", "-", result))
-            for concurrency in CONCURRENCY:
-                for endpoint in ("echo", "inference"):
-                    print(f"{endpoint} {payload_name} c={concurrency} ...", flush=True)
-                    result = asyncio.run(load(f"{base}/{endpoint}", body, concurrency, duration))
-                    results[(endpoint, payload_name, concurrency)] = result
-                    table.append(row(f"`/{endpoint}`, {payload_name}", concurrency, result))
+        cells = inference_cells(before is not None)
+        measure(cells, servers, rounds, duration)
 
         print("inference while two jobs train ...", flush=True)
         busy_jobs = [
             start_job(client, {"model_name": f"load{i}", "total_timesteps": 2_000_000})["job_id"] for i in range(2)
         ]
         time.sleep(1.0)
-        loaded = {c: asyncio.run(load(f"{base}/inference", single, c, duration)) for c in (1, 16)}
+        single = {"model_name": "bench", "observation": OBSERVATION}
+        loaded = [Cell("training", "service", "/inference", single, c) for c in (1, 16)]
+        measure(loaded, servers, rounds, duration)
         for job_id in busy_jobs:
             client.post(f"/training/{job_id}/stop", timeout=60)
-        load_table = [
-            "| concurrency | idle p50 ms | idle p99 ms | training p50 ms | training p99 ms | p99 ratio | requests/s |",
-            "| --- | --- | --- | --- | --- | --- | --- |",
-        ]
-        for c, result in loaded.items():
-            idle = results[("inference", "single", c)]
-            load_table.append(
-                f"| {c} | {idle['p50']:.2f} | {idle['p99']:.2f} | {result['p50']:.2f} | {result['p99']:.2f} | "
-                f"{result['p99'] / idle['p99']:.2f}x | {result['rps']:.0f} |"
-            )
 
         print("training speed: API against learn() ...", flush=True)
         doc_config = {"n_steps": 32, "batch_size": 64, "n_epochs": 10, "learning_rate": 3e-4, "seed": 0}
@@ -213,79 +252,132 @@ def run(duration: float, output: Path) -> str:
             json={"n_episodes": 20, "seed": 1},
             timeout=600,
         ).json()
-
-        echo16 = results[("echo", "single", 16)]["rps"]
-        inference16 = results[("inference", "single", 16)]["rps"]
-        worst_ratio = max(loaded[c]["p99"] / results[("inference", "single", c)]["p99"] for c in loaded)
-        targets = [
-            "| target | measured | met |",
-            "| --- | --- | --- |",
-            f"| `/inference` >= 50% of echo at concurrency 16 (single) | {inference16 / echo16:.0%} "
-            f"| {'yes' if inference16 >= 0.5 * echo16 else 'no'} |",
-            f"| p99 while two jobs train <= 3x idle p99 | {worst_ratio:.2f}x | {'yes' if worst_ratio <= 3 else 'no'} |",
-            f"| training through the API >= 90% of direct `learn` | {api_sps / direct_sps:.0%} "
-            f"({api_sps:.0f} vs {direct_sps:.0f} steps/s) | {'yes' if api_sps >= 0.9 * direct_sps else 'no'} |",
-            f"| default `POST /train {{}}` mean return >= 300 (20 episodes) | {evaluation['mean_return']:.1f} "
-            f"± {evaluation['std_return']:.1f} ({default_status['status']}) "
-            f"| {'yes' if evaluation['mean_return'] >= 300 else 'no'} |",
-        ]
-
-        lines = [
-            "## Service (`benchmarks/api.py`)",
-            "",
-            f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
-            f"({platform.processor() or platform.machine()}), "
-            f"Python {platform.python_version()}, torch {th.__version__} (1 intra-op thread), one uvicorn worker; "
-            f"client (httpx, asyncio) and server share the machine. Each cell: {duration:.0f} s of requests. "
-            "Model: CartPole, SB3's default [64, 64] policy. "
-            f"Load average (1 min) before the run: {load_before:.2f}, after: {os.getloadavg()[0]:.2f} "
-            "(anything well above 0 means other work shared the CPUs and the numbers are noisier).",
-            "",
-            "### Targets",
-            "",
-            *targets,
-            "",
-            "### Inference throughput and latency",
-            "",
-            "`/echo` is a bare FastAPI route on the same server that returns the request body: the web stack's "
-            "ceiling. In-process `model.predict` has no HTTP at all.",
-            "",
-            *table,
-            "",
-            "### `/inference` (single observation) while two training jobs run",
-            "",
-            *load_table,
-            "",
-            "### Training speed",
-            "",
-            f"CartPole, the document's settings, {steps} steps, best of {SPEED_ATTEMPTS} alternated runs each: "
-            f"{api_sps:.0f} steps/s through `POST /train` (from the job's start to its end) against "
-            f"{direct_sps:.0f} steps/s doing the same in-process (make the env, build, `learn`, save). "
-            f"All runs: API {', '.join(f'{v:.0f}' for v in api_runs)}; "
-            f"direct {', '.join(f'{v:.0f}' for v in direct_runs)}.",
-            "",
-        ]
     finally:
-        server.stop(signal.SIGTERM)
+        for running in servers.values():
+            if running.process is not None:
+                running.stop(signal.SIGTERM)
+
+    lines = report(cells, loaded, before, duration, rounds, load_before)
+    lines += [
+        "### Training speed",
+        "",
+        f"CartPole, the document's settings, {steps} steps, best of {SPEED_ATTEMPTS} alternated runs each: "
+        f"{api_sps:.0f} steps/s through `POST /train` (from the job's start to its end) against "
+        f"{direct_sps:.0f} steps/s doing the same in-process (make the env, build, `learn`, save). "
+        f"All runs: API {', '.join(f'{v:.0f}' for v in api_runs)}; "
+        f"direct {', '.join(f'{v:.0f}' for v in direct_runs)}. Through the API at least 90% of direct `learn`: "
+        f"{api_sps / direct_sps:.0%}, {met(api_sps >= 0.9 * direct_sps)}. "
+        f"Default `POST /train {{}}` ({default_status['status']}): mean return "
+        f"{evaluation['mean_return']:.1f} ± {evaluation['std_return']:.1f} over 20 episodes (target >= 300: "
+        f"{met(evaluation['mean_return'] >= 300)}).",
+        "",
+    ]
     return publish(output, "service", lines)
+
+
+def report(
+    cells: list[Cell], loaded: list[Cell], before: Path | None, duration: float, rounds: int, load_before: float
+) -> list[str]:
+    echo16 = find(cells, "echo", "/echo", 16)
+    default = {c: find(cells, "service", "/inference", c) for c in CONCURRENCY}
+    batched = {c: find(cells, "batched", "/inference", c) for c in CONCURRENCY}
+    torch_gain = find(cells, "torch-batched", "/inference", 64).rps / find(cells, "torch", "/inference", 64).rps
+    doubled = max(find(cells, "echo", "/echo", 32).rps, find(cells, "echo", "/echo", 16, 2).rps)
+    wrk_check = cells[0]
+    idle = {1: default[1], 16: default[16]}
+    worst = max(cell.p99 / idle[cell.connections].p99 for cell in loaded)
+    ratio = default[16].rps / echo16.rps
+    gain = batched[64].rps / default[64].rps
+    added = batched[1].p50 - default[1].p50
+    targets = [
+        "| target | measured | met |",
+        "| --- | --- | --- |",
+        f"| wrk is not the bottleneck: 2x connections or threads raise the echo's requests/s by <= 10% | "
+        f"{doubled / wrk_check.rps - 1:+.0%} | {met(doubled <= 1.1 * wrk_check.rps)} |",
+        f"| `/inference` (single, c=16, default settings) >= 0.6x the echo app's requests/s | {ratio:.2f}x "
+        f"({default[16].rps:.0f} vs {echo16.rps:.0f}; with micro-batching: "
+        f"{batched[16].rps / echo16.rps:.2f}x) | {met(ratio >= 0.6)} |",
+    ]
+    if before is not None:
+        old = find(cells, "before", "/inference", 16)
+        targets.append(
+            f"| `/inference` p99 at c=16 no worse than before | {default[16].p99:.2f} ms vs {old.p99:.2f} ms "
+            f"before | {met(default[16].p99 <= old.p99)} |"
+        )
+    targets += [
+        f"| micro-batching: `/inference` at c=64 >= 1.3x the requests/s without it | onnxruntime {gain:.2f}x "
+        f"({batched[64].rps:.0f} vs {default[64].rps:.0f}); torch engine {torch_gain:.2f}x | {met(gain >= 1.3)} |",
+        f"| micro-batching adds < 1 ms to p50 at c=1 | {added:+.2f} ms | {met(added < 1.0)} |",
+        f"| p99 while two jobs train <= 3x idle p99 | {worst:.2f}x | {met(worst <= 3)} |",
+    ]
+    load_table = [
+        "| concurrency | idle p50 ms | idle p99 ms | training p50 ms | training p99 ms | p99 ratio | requests/s |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for cell in loaded:
+        base = idle[cell.connections]
+        load_table.append(
+            f"| {cell.connections} | {base.p50:.2f} | {base.p99:.2f} | {cell.p50:.2f} | {cell.p99:.2f} | "
+            f"{cell.p99 / base.p99:.2f}x | {cell.rps:.0f} |"
+        )
+    before_note = (
+        f' "before" is the checkout in `{before}` ({describe_checkout(before)}), started as it ran then (uvicorn on '
+        "h11 and asyncio)."
+        if before is not None
+        else ""
+    )
+    return [
+        "## Service (`benchmarks/api.py`)",
+        "",
+        f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), Python {platform.python_version()}, torch {th.__version__} "
+        f"(1 intra-op thread), one uvicorn worker per server, each server in its own process; load from `wrk` "
+        f"on the same machine. Each cell: the median of {rounds} rounds of {duration:.0f} s, the rounds interleaved "
+        "across cells. Model: CartPole, SB3's default [64, 64] policy. "
+        f"Load average (1 min) before the run: {load_before:.2f}, after: {os.getloadavg()[0]:.2f} (this machine has "
+        "2 cores: well above 2 means other work took much of them, and wall-clock numbers move from run to run; "
+        "the server's CPU time per request moves much less).",
+        "",
+        "Command: `python benchmarks/api.py"
+        + (f" --before {before}" if before is not None else "")
+        + f" --duration {duration:g} --rounds {rounds}`",
+        "",
+        "### Targets",
+        "",
+        *targets,
+        "",
+        "### Requests/s and latency",
+        "",
+        "The echo app is a bare FastAPI app (`benchmarks/echo_app.py`: one route that returns its body, no "
+        "middleware) started like the service, in a process of its own: the ceiling of the web stack. "
+        "The service runs `run_api.py` with its defaults (onnxruntime, no micro-batching); the other rows are "
+        "servers of their own with `GRPO_INFERENCE_BATCHING=true` and/or `GRPO_INFERENCE_ENGINE=torch`."
+        f"{before_note} "
+        "CPU us/request: the server process's user and system time over the cell, per request.",
+        "",
+        "| what | connections | wrk threads | requests/s | p50 ms | p99 ms | server CPU us/request | errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        *(cell.row() for cell in cells),
+        "",
+        "### `/inference` (single observation) while two training jobs run",
+        "",
+        *load_table,
+        "",
+    ]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command")
-    serve_parser = sub.add_parser("serve", help="(internal) run the benchmark's server")
-    serve_parser.add_argument("--port", type=int, required=True)
-    serve_parser.add_argument("--models-dir", required=True)
-    serve_parser.add_argument("--db", required=True)
-    parser.add_argument("--duration", type=float, default=3.0, help="seconds of requests per measurement")
+    parser.add_argument("--duration", type=float, default=3.0, help="seconds of requests per cell and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per cell; the table shows the median")
+    parser.add_argument("--before", type=Path, help="an earlier checkout of this repository to measure too")
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_MARKDOWN, help="markdown file whose service section is rewritten"
     )
     args = parser.parse_args()
-    if args.command == "serve":
-        serve(args.port, args.models_dir, args.db)
-    else:
-        run(args.duration, args.output)
+    if not wrk.available():
+        parser.error("wrk is not installed (apt-get install wrk)")
+    run(args.duration, args.rounds, args.before, args.output)
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ async def root() -> RootResponse:
             "job_events": "GET /training/{job_id}/events",
             "model": "GET /models/{model_name}",
             "download": "GET /models/{model_name}/download",
+            "export": "GET /models/{model_name}/export?format=onnx",
+            "metrics": "GET /metrics",
             "evaluate": "POST /models/{model_name}/evaluate",
             "delete": "DELETE /models/{model_name}",
             "reward_functions": "GET /reward-functions",

@@ -3,13 +3,13 @@
 from typing import Annotated, Any
 
 import numpy as np
-import torch as th
 from fastapi import APIRouter, Body
+from fastapi.responses import JSONResponse
 from gymnasium import spaces
 
-from errors import BatchTooLarge, InvalidObservation, ModelNotFound
+from errors import BatchTooLarge, InvalidObservation
 from grpo import GRPO
-from routes.dependencies import RunnerDep, SettingsDep, StoreDep
+from routes.dependencies import PredictorDep
 from routes.responses import CHANGES_STATE, error_responses
 from schemas import BatchInferenceResponse, InferenceRequest, InferenceResponse
 
@@ -55,20 +55,6 @@ def observation_batch(model: GRPO, observations: Any, model_name: str) -> np.nda
     return batch
 
 
-def predict(model: GRPO, batch: np.ndarray, deterministic: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """Actions for a batch of observations, and each action's probability where the space is Discrete."""
-    if isinstance(model.action_space, spaces.Discrete):
-        # One forward pass gives both the action and the probabilities the document returns with it.
-        observation, _ = model.policy.obs_to_tensor(batch)
-        with th.no_grad():
-            distribution = model.policy.get_distribution(observation)
-            actions = distribution.get_actions(deterministic=deterministic)
-            probabilities = distribution.distribution.probs
-        return actions.cpu().numpy(), probabilities.cpu().numpy()
-    actions, _ = model.predict(batch, deterministic=deterministic)
-    return actions, None
-
-
 def action_json(action: np.ndarray, space: spaces.Space) -> Any:
     if isinstance(space, spaces.Discrete):
         return int(action)
@@ -82,41 +68,35 @@ def action_json(action: np.ndarray, space: spaces.Space) -> Any:
     response_model=InferenceResponse | BatchInferenceResponse,
     responses=error_responses(400, 404, 413, 500, *CHANGES_STATE),
 )
-def inference(
-    request: Annotated[InferenceRequest, Body(openapi_examples=INFERENCE_EXAMPLES)],
-    store: StoreDep,
-    runner: RunnerDep,
-    settings: SettingsDep,
-) -> InferenceResponse | BatchInferenceResponse:
-    if request.observations is not None and len(request.observations) > settings.max_inference_batch:
+async def inference(
+    request: Annotated[InferenceRequest, Body(openapi_examples=INFERENCE_EXAMPLES)], predictor: PredictorDep
+) -> JSONResponse:
+    # async, with one dependency: a cached tiny model answers on the event loop without a thread hop; a cold
+    # model's load and a large forward pass go to a thread (predictor.py).
+    if request.observations is not None and len(request.observations) > predictor.max_observations:
         raise BatchTooLarge(
             f"{len(request.observations)} observations in one request; this server takes at most "
-            f"{settings.max_inference_batch} (send several requests)"
+            f"{predictor.max_observations} (send several requests)"
         )
-    try:
-        trained = store.load(request.model_name)
-    except ModelNotFound:
-        job = runner.training_job_for(request.model_name)
-        if job is None:
-            raise
-        # The document's example asks for a prediction right after starting training: say when to come back.
-        raise ModelNotFound(
-            f"Model {request.model_name!r} is not trained yet: job {job.job_id} is {job.status.value} "
-            f"({job.progress:.0%} done)"
-        ) from None
+    trained = await predictor.model(request.model_name)
     model = trained.model
     single = request.observations is None
     raw = [request.observation] if single else request.observations
     batch = observation_batch(model, raw, request.model_name)
-    # Clients send the environment's own observations; a model trained under VecNormalize acts on normalised ones.
-    actions, probabilities = predict(model, trained.normalize(batch), request.deterministic)
+    # Clients send the environment's own observations; a model trained under VecNormalize has its statistics applied.
+    actions, probabilities = await predictor.predict(trained, batch, request.deterministic)
+    # The answer as JSON right away: FastAPI would validate and convert it against the response model again.
     if single:
-        return InferenceResponse(
-            action=action_json(actions[0], model.action_space),
-            action_probs=probabilities[0].tolist() if probabilities is not None else None,
-            value=None,  # GRPO has no critic
+        return JSONResponse(
+            {
+                "action": action_json(actions[0], model.action_space),
+                "action_probs": probabilities[0].tolist() if probabilities is not None else None,
+                "value": None,  # GRPO has no critic
+            }
         )
-    return BatchInferenceResponse(
-        actions=[action_json(action, model.action_space) for action in actions],
-        action_probs=probabilities.tolist() if probabilities is not None else None,
+    return JSONResponse(
+        {
+            "actions": [action_json(action, model.action_space) for action in actions],
+            "action_probs": probabilities.tolist() if probabilities is not None else None,
+        }
     )

@@ -1,13 +1,14 @@
-"""Trained models: list them, read their metadata, download, evaluate and delete them."""
+"""Trained models: list them, read their metadata, download, export, evaluate and delete them."""
 
-from typing import Annotated, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Query, Response
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from errors import InvalidEvaluation
+from errors import InvalidEvaluation, ModelNotExportable
+from export import ExportUnsupported, export_onnx
 from records import ModelRecord
 from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
 from routes.responses import CHANGES_STATE, error_responses
@@ -46,6 +47,38 @@ def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
         store.read_bytes(model_name),
         media_type="application/zip",
         headers={"Content-Disposition": f'attachment; filename="{model_name}.zip"'},
+    )
+
+
+@router.get(
+    "/models/{model_name}/export",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "description": "An ONNX file of the model's deterministic policy: input 'observation' (float32, "
+            "[batch, *observation_shape]); outputs 'action' (int64 for Discrete, MultiDiscrete and MultiBinary "
+            "spaces, float32 and clipped for Box) and, for Discrete actions, 'action_probs'",
+        },
+        **error_responses(400, 404, 500),
+    },
+)
+def export_model(
+    model_name: ModelNameParam,
+    store: StoreDep,
+    format: Annotated[Literal["onnx"], Query(description="The file format; ONNX is the one there is")] = "onnx",
+) -> Response:
+    """The model's deterministic policy as an ONNX file, to run without this server (onnxruntime, TensorRT, a
+    browser): the same actions as POST /inference with deterministic=true."""
+    try:
+        trained = store.load(model_name)
+        data = export_onnx(trained.model, normalizer=trained.normalizer)
+    except ExportUnsupported as error:
+        raise ModelNotExportable(f"Model {model_name!r} cannot be exported to ONNX: {error}") from None
+    return Response(
+        data,
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="{model_name}.onnx"'},
     )
 
 

@@ -94,3 +94,35 @@ def test_steps_to_threshold_is_the_first_eval_at_or_above_it_after_the_start(lea
     points = [learning.EvalPoint(t, r, 0.0) for t, r in [(0, 500.0), (1_000, 100.0), (2_000, 475.0), (3_000, 500.0)]]
     assert learning.steps_to_threshold(points, 475.0) == 2_000
     assert learning.steps_to_threshold(points[:2], 475.0) is None
+
+
+WRK_OUTPUT = """\
+Running 3s test @ http://127.0.0.1:8001/echo
+  1 threads and 16 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.31ms    1.02ms  21.46ms   91.20%
+    Req/Sec     6.66k   312.20     7.01k    80.00%
+  Latency Distribution
+     50%    2.13ms
+     75%    2.40ms
+     90%    2.90ms
+     99%   21.46ms
+  19878 requests in 3.00s, 3.47MB read
+  Non-2xx or 3xx responses: 3
+Requests/sec:   6626.01
+Transfer/sec:      1.16MB
+"""
+
+
+def test_wrk_output_is_read_into_numbers() -> None:
+    from benchmarks import wrk
+
+    result = wrk.parse(WRK_OUTPUT)
+    assert result == wrk.LoadResult(rps=6626.01, p50_ms=2.13, p99_ms=21.46, requests=19878, errors=3)
+    assert (
+        wrk.parse(
+            WRK_OUTPUT.replace("99%   21.46ms", "99%  1.20s").replace("  Non-2xx or 3xx responses: 3\n", "")
+        ).p99_ms
+        == 1200.0
+    )
+    assert 'wrk.body = [==[{"a":1}]==]' in wrk.lua_script("POST", '{"a":1}', {"X-API-Key": "k"})
