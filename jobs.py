@@ -7,8 +7,6 @@ Jobs run on an ``executors.Executor`` (threads, or Ray actors), which trains the
 """
 
 import logging
-import math
-import re
 import threading
 import time
 import uuid
@@ -17,11 +15,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from gymnasium import spaces
 from pydantic import ValidationError
-from stable_baselines3.common.preprocessing import is_image_space
 
-from envs import check_forkable
+from admission import init_model, job_config
 from errors import (
     InvalidTrainingRequest,
     JobNotActive,
@@ -35,26 +31,17 @@ from executors import Executor, make_executor
 from grpo import GRPO
 from presets import Preset
 from records import RESUMABLE_STATES, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
-from rewards import REWARD_FUNCTIONS, fits
 from settings import Settings
-from store import Database, ModelStore, describe_space, remove_temporary_files, save_atomically
+from store import Database, ModelStore, remove_temporary_files, save_atomically
 from training import (
     ActiveJob,
-    EnvironmentProbe,
     StopTraining,
     TrainingConfig,
     TrainingSettings,
-    default_group_size,
-    default_policy,
-    environment_spaces,
     failure_message,
     hyperparameters,
-    make_environments,
-    probe_environment,
     record_point,
     release_memory,
-    resolve_settings,
-    rollout_bytes_per_step,
 )
 
 logger = logging.getLogger("grpo.jobs")
@@ -62,123 +49,6 @@ logger = logging.getLogger("grpo.jobs")
 # Progress reaches the database at most this often; status requests read the live values in between.
 PROGRESS_WRITE_INTERVAL_S = 1.0
 CHECKPOINT_FILE = "checkpoint.zip"
-SUPPORTED_OBSERVATION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
-SUPPORTED_ACTION_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)
-
-
-def _check_config(config: TrainingConfig, settings: Settings) -> EnvironmentProbe:
-    if config.total_timesteps > settings.max_total_timesteps:
-        raise InvalidTrainingRequest(
-            f"total_timesteps {config.total_timesteps} exceeds this server's maximum of {settings.max_total_timesteps}"
-        )
-    probe = probe_environment(config.env_name, config.seed, config.env_kwargs)
-    if not isinstance(probe.observation_space, SUPPORTED_OBSERVATION_SPACES):
-        raise InvalidTrainingRequest(f"Observation space {probe.observation_space} is not supported")
-    if not isinstance(probe.action_space, SUPPORTED_ACTION_SPACES):
-        raise InvalidTrainingRequest(f"Action space {probe.action_space} is not supported")
-    return probe
-
-
-def _check_rollout_memory(config: TrainingConfig, probe: EnvironmentProbe, settings: Settings) -> None:
-    # A rollout holds at least n_steps x n_envs steps before GRPO updates, all in memory at once.
-    steps = config.n_steps * config.n_envs
-    per_step = rollout_bytes_per_step(probe, config.reward_function_type)
-    if steps * per_step > settings.max_rollout_bytes:
-        values = math.prod(probe.observation_space.shape or (1,))
-        raise InvalidTrainingRequest(
-            f"A rollout of n_steps x n_envs = {config.n_steps:,} x {config.n_envs} = {steps:,} steps would hold "
-            f"about {steps * per_step / 2**20:,.0f} MiB ({per_step} bytes a step for observations of {values} values), "
-            f"more than this server's {settings.max_rollout_bytes / 2**20:,.0f} MiB (GRPO_MAX_ROLLOUT_BYTES); lower "
-            f"n_steps or n_envs to at most {settings.max_rollout_bytes // per_step:,} steps a rollout"
-        )
-
-
-def _check_one_group_fits(config: TrainingConfig, probe: EnvironmentProbe) -> list[str]:
-    """Refuse a job whose budget cannot complete even one group, which would end without a single update; returns
-    notes for a job that may fall short later, as its episodes grow towards the time limit. Branching (state
-    mode) completes its groups as it goes: they need no whole episodes."""
-    if config.group_mode == "state":
-        return []
-    group, budget, shortest = config.group_size or default_group_size(), config.total_timesteps, probe.shortest_episode
-    # The first group is played by the untrained policy, which acts about as randomly as the probe did.
-    if group * shortest > budget:
-        smaller = f", or lower group_size to at most {budget // shortest}" if budget // shortest >= 2 else ""
-        raise InvalidTrainingRequest(
-            f"total_timesteps {budget:,} cannot complete one group, so the job would end without a single update: "
-            f"a group is {group} episodes (group_size), and {config.env_name}'s episodes lasted at least {shortest} "
-            f"steps under random actions, as the untrained policy acts; raise total_timesteps to at least "
-            f"{group * shortest:,}{smaller}"
-        )
-    longest = probe.max_episode_steps
-    if longest is not None and group * longest > budget:
-        return [
-            f"Note: {config.env_name}'s episodes can last up to {longest} steps; once the policy makes them that "
-            f"long, a group of {group} takes {group * longest:,} steps, more than total_timesteps {budget:,}"
-        ]
-    return []
-
-
-def _check_batch_size(config: TrainingConfig, probe: EnvironmentProbe) -> list[str]:
-    # A rollout is at least n_steps x n_envs steps, and at least one whole group of episodes (episode mode).
-    if config.group_mode == "state":
-        return []
-    group = config.group_size or default_group_size()
-    episode = sum(probe.episode_lengths) / len(probe.episode_lengths) if probe.episode_lengths else 1.0
-    rollout = max(config.n_steps * config.n_envs, round(group * episode))
-    if config.batch_size > rollout:
-        return [
-            f"Note: batch_size {config.batch_size} is larger than a rollout of about {rollout:,} steps, so each "
-            "epoch trains on the whole rollout as one batch; lower batch_size, or raise n_steps or n_envs"
-        ]
-    return []
-
-
-def _check_policy(policy: str, observation_space: spaces.Space) -> None:
-    if policy == "CnnPolicy" and not is_image_space(observation_space, check_channels=False):
-        raise InvalidTrainingRequest(f"CnnPolicy needs image observations; {observation_space} is not one")
-    if policy == "MultiInputPolicy" and not isinstance(observation_space, spaces.Dict):
-        raise InvalidTrainingRequest(f"MultiInputPolicy is for Dict observations; {observation_space} is not one")
-
-
-def _check_branching(config: TrainingConfig) -> None:
-    """State mode forks the environments at the states it branches from: refuse, before any job starts, what it
-    could not fork (GRPO's own check, on one environment of the job's kind)."""
-    if config.group_mode != "state":
-        return
-    if config.vec_env == "subproc":
-        raise InvalidTrainingRequest(
-            "group_mode 'state' forks each environment where it branches and cannot reach environments in other "
-            "processes; use vec_env 'dummy'"
-        )
-    env = make_environments(config.model_copy(update={"n_envs": 1}))
-    try:
-        check_forkable(env)
-    except ValueError as error:
-        raise InvalidTrainingRequest(str(error)) from None
-    finally:
-        env.close()
-
-
-def _default_reward_function(env_name: str) -> str:
-    # The document's default is a CartPole reward; on any other environment it would score nonsense.
-    return "optimized_cartpole" if env_name.startswith("CartPole") else "env"
-
-
-def _check_reward_function(name: str, observation_space: spaces.Space) -> None:
-    if name not in REWARD_FUNCTIONS:
-        raise InvalidTrainingRequest(
-            f"Unknown reward function {name!r}; available: {', '.join(sorted(REWARD_FUNCTIONS))}"
-        )
-    shape = tuple(observation_space.shape or ())
-    if not fits(REWARD_FUNCTIONS[name], shape):
-        raise InvalidTrainingRequest(
-            f"Reward function {name!r} does not fit observations of shape {list(shape)}; "
-            "use 'env' for the environment's own reward"
-        )
-
-
-def _generated_model_name(env_name: str, job_id: str) -> str:
-    return f"grpo_{re.sub(r'[^A-Za-z0-9_.-]', '_', env_name)[:40]}_{job_id[:8]}"
 
 
 class JobRunner:
@@ -220,11 +90,9 @@ class JobRunner:
         """Queue a job; returns its record (whose message holds any notes on its settings), its full settings and
         its place in the queue (0: starts now)."""
         job_id = str(uuid.uuid4())
-        config, probe = self._config(request, job_id)
+        config, notes = job_config(request, job_id, self.presets.get(request.env_name), self.settings)
         model_name = config.model_name
-        init = self._init_model(config)
-        _check_rollout_memory(config, probe, self.settings)
-        notes = _check_one_group_fits(config, probe) + _check_batch_size(config, probe)
+        init = init_model(config, self.store)
         record = JobRecord(
             job_id=job_id,
             status=JobState.QUEUED,
@@ -249,49 +117,6 @@ class JobRunner:
         )
         self._enqueue(job)
         return self.get(job_id), config, position
-
-    def _config(self, request: TrainingSettings, job_id: str) -> tuple[TrainingConfig, EnvironmentProbe]:
-        """The request with every value filled in (the environment's preset, then the defaults), checked against the
-        environment it names."""
-        values, sources = resolve_settings(request, self.presets.get(request.env_name))
-        if sources["reward_function_type"] == "default":
-            values["reward_function_type"] = _default_reward_function(request.env_name)
-        values["model_name"] = request.model_name or _generated_model_name(request.env_name, job_id)
-        values["checkpoint_interval"] = request.checkpoint_interval or self.settings.checkpoint_interval
-        values["n_envs"] = values["n_envs"] or 1
-        values["policy"] = values["policy"] or "MlpPolicy"
-        try:
-            config = TrainingConfig(**values, sources=sources)
-        except ValidationError as error:  # a preset value the service cannot take
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise InvalidTrainingRequest(f"Setting {where} ({sources.get(where, 'preset')}): {first['msg']}") from None
-        probe = _check_config(config, self.settings)
-        observation_space = probe.observation_space
-        if sources["policy"] == "default":
-            config.policy = default_policy(observation_space)
-        _check_policy(config.policy, observation_space)
-        _check_reward_function(config.reward_function_type, observation_space)
-        _check_branching(config)
-        return config, probe
-
-    def _init_model(self, config: TrainingConfig) -> bytes | None:
-        """The zip of the saved model a job starts from (RL Zoo's ``-i``), checked against the job's environment."""
-        if config.init_model is None:
-            return None
-        if not self.store.exists(config.init_model):
-            raise InvalidTrainingRequest(f"init_model {config.init_model!r}: no model of that name is saved")
-        saved = self.store.info(config.init_model)
-        observation_space, action_space = environment_spaces(config.env_name, config.env_kwargs)
-        if (saved.observation_space, saved.action_space) != (
-            describe_space(observation_space),
-            describe_space(action_space),
-        ):
-            raise InvalidTrainingRequest(
-                f"init_model {config.init_model!r} was trained on other observation or action spaces than "
-                f"{config.env_name!r} has"
-            )
-        return self.store.read_bytes(config.init_model)
 
     def _admit(self, model_name: str, overwrite: bool, resumed: JobRecord | None = None) -> int:
         """The admission check of every job that joins the queue, new or ``resumed``; called under the lock, so
@@ -358,7 +183,7 @@ class JobRunner:
     def _resumable_init_model(self, job_id: str, config: TrainingConfig) -> bytes | None:
         # Without a checkpoint, a job that started from a saved model starts from it again.
         try:
-            return self._init_model(config)
+            return init_model(config, self.store)
         except InvalidTrainingRequest as error:
             raise JobNotResumable(f"Training job {job_id} cannot start again: {error.detail}") from None
 

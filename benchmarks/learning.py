@@ -659,8 +659,9 @@ env uses the training statistics frozen, and returns are the raw episode returns
 return at least PPO's; speed = GRPO's median steps/s at least PPO's.
 - Budgets: {budget_notes}. They are below the zoo's `n_timesteps` where noted, for time on a small CPU; \
 PPO's linear schedules (`lin_`) decay over the budget used here, as in the zoo with `-n`.
-- Hyperparameters: `benchmarks/hyperparams.py`. PPO: rl-baselines3-zoo `hyperparams/ppo.yml` verbatim; GRPO: \
-its own settings, with the same `n_envs` as PPO.
+- Hyperparameters: PPO: rl-baselines3-zoo `hyperparams/ppo.yml` verbatim (`benchmarks/hyperparams.py`); GRPO: \
+its presets, `hyperparams/grpo.yml` (the same file the service reads). A run cut by `--max-minutes` is evaluated \
+where it got to, and its final return says at how many steps.
 
 ![Learning curves: mean over seeds, band from the worst to the best seed]({curves})
 {MARK_END}"""

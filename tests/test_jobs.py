@@ -300,6 +300,9 @@ def test_resume_refuses_to_overwrite_a_newer_model_unless_asked(client: TestClie
 
     resumed = client.post(f"/training/{x}/resume", json={"overwrite": True})
     assert resumed.status_code == 200, resumed.text
+    # Stopped while it trains (a job stopped while still queued saves nothing), so that it saves its model.
+    start = resumed.json()["current_timesteps"]
+    wait_for_job(client, x, until=lambda s: s["status"] == "running" and s["current_timesteps"] > start)
     assert client.post(f"/training/{x}/stop").json()["model_saved"]
     assert client.get("/models/m").json()["job_id"] == x
 

@@ -15,6 +15,7 @@ from harness import TINY, make_settings, train, wait_for_job
 import artifacts
 import presets
 from api import create_app
+from grpo import GRPO
 from settings import Settings
 
 PENDULUM_OBS = [[1.0, 0.0, 0.5], [0.0, 1.0, -3.0], [-0.7, 0.7, 7.5]]
@@ -29,6 +30,16 @@ def test_presets_are_listed_and_shown(service: TestClient) -> None:
     assert acrobot == {"env_id": "Acrobot-v1", "settings": dict(presets.load("Acrobot-v1").values)}
     missing = service.get("/presets/NoSuchEnv-v0")
     assert missing.status_code == 404 and "Acrobot-v1" in missing.json()["detail"]
+
+
+def test_a_models_hyperparameters_say_where_each_value_came_from(service: TestClient) -> None:
+    hyperparameters = service.get("/models/pendulum").json()["hyperparameters"]
+    assert hyperparameters["net_arch"] == [16]  # the request's
+    # Left open in the request: the environment's preset, else GRPO's own default, read back from the model.
+    assert hyperparameters["gamma"] == presets.load("Pendulum-v1").values["gamma"]
+    assert hyperparameters["clip_range"] == GRPO("MlpPolicy", "Pendulum-v1", device="cpu").clip_range(1.0)
+    expected_sources = {"gamma": "preset", "clip_range": "default", "group_size": "request"}
+    assert {name: hyperparameters["sources"][name] for name in expected_sources} == expected_sources
 
 
 def test_the_documents_defaults_hold_on_cartpole_and_the_preset_fills_the_rest(client: TestClient) -> None:

@@ -66,7 +66,7 @@ def test_models_that_cannot_be_exported_say_why(tmp_path: Path) -> None:
 def test_a_large_forward_pass_leaves_the_event_loop(tmp_path: Path) -> None:
     """inline_max_work 0: every pass in a worker thread; answers are the same."""
     with TestClient(create_app(make_settings(tmp_path, inference_inline_max_work=0))) as client:
-        assert wait_for_job(client, train(client, model_name="cp", total_timesteps=128, seed=0))["model_saved"]
+        assert wait_for_job(client, train(client, model_name="cp", total_timesteps=512, seed=0))["model_saved"]
         model = GRPO.load(tmp_path / "models" / "cp.zip", device="cpu")
         expected, _ = model.predict(np.array(CARTPOLE_OBS, dtype=np.float32), deterministic=True)
         assert client.post("/inference", json={"model_name": "cp", "observation": CARTPOLE_OBS}).json()["action"] == (
@@ -79,7 +79,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(tmp_path: 
     settings = make_settings(tmp_path, inference_batching=True, inference_max_wait_ms=50.0)
     app = create_app(settings)
     with TestClient(app) as client:
-        assert wait_for_job(client, train(client, model_name="cp", total_timesteps=128, seed=0))["model_saved"]
+        assert wait_for_job(client, train(client, model_name="cp", total_timesteps=512, seed=0))["model_saved"]
         client.post("/inference", json={"model_name": "cp", "observation": CARTPOLE_OBS})  # load and compile
     model = GRPO.load(tmp_path / "models" / "cp.zip", device="cpu")
     batch = observations(64, seed=3)
