@@ -23,8 +23,9 @@ from fastapi.staticfiles import StaticFiles
 
 import errors
 from jobs import JobRunner
+from replay import ReplayUnavailable
 from rewards import REWARD_FUNCTIONS
-from routes import health, inference, models, reward_functions, training
+from routes import health, inference, models, replays, reward_functions, training
 from routes.dependencies import require_api_key
 from routes.responses import error_responses
 from settings import Settings
@@ -51,6 +52,7 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.InvalidEvaluation: 400,
     errors.BatchTooLarge: 413,
     errors.TooManyJobs: 429,
+    ReplayUnavailable: 400,
 }
 # Headers that go with some of those answers: when to come back to a full queue.
 ERROR_HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {errors.TooManyJobs: {"Retry-After": "30"}}
@@ -168,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.include_router(health.public_router)
     guarded = (health.root_router, training.router, inference.router, models.router, reward_functions.router)
+    guarded += (replays.router,)
     for router in guarded:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")

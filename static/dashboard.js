@@ -347,6 +347,7 @@ function showModel(model) {
   const info = $("#model-info");
   info.hidden = false;
   showResult(info, JSON.stringify(model, null, 2), false);
+  showModelExtras(model);
 }
 
 function tryModel(name) {
