@@ -204,6 +204,21 @@ class ModelList(BaseModel):
     models: list[ModelSummary]
 
 
+class EvaluationInfo(BaseModel):
+    """One POST /models/{name}/evaluate, as kept with the model."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    env_name: str
+    n_episodes: int
+    seed: int | None
+    deterministic: bool
+    mean_return: float
+    std_return: float
+    mean_length: float
+    created_at: datetime
+
+
 class ModelInfo(ModelSummary):
     job_id: str | None = None
     observation_space: dict[str, Any] | None
@@ -211,6 +226,9 @@ class ModelInfo(ModelSummary):
     hyperparameters: dict[str, Any] = Field(description="The training job's settings")
     metrics: dict[str, float] = Field(description="The training job's last metrics")
     timesteps: int | None = Field(None, description="Environment steps the model was trained for")
+    evaluations: list[EvaluationInfo] = Field(
+        default_factory=list, description="Every POST /models/{name}/evaluate of this model, newest first"
+    )
 
 
 class DeleteResponse(BaseModel):

@@ -25,7 +25,16 @@ from gymnasium import spaces
 
 from errors import InvalidName, ModelNotFound, ModelUnreadable
 from grpo import GRPO
-from records import METRIC_LOGGER_KEYS, MODEL_NAME_PATTERN, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
+from records import (
+    METRIC_LOGGER_KEYS,
+    MODEL_NAME_PATTERN,
+    EvaluationRecord,
+    JobRecord,
+    JobState,
+    MetricPoint,
+    ModelRecord,
+    utcnow,
+)
 
 logger = logging.getLogger("grpo.store")
 
@@ -100,6 +109,29 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 """
 )
+# Tables added after the first release: created where missing, like the columns of Database.__init__.
+_LATER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    model_name TEXT NOT NULL,
+    env_name TEXT NOT NULL,
+    n_episodes INTEGER NOT NULL,
+    seed INTEGER,
+    deterministic INTEGER NOT NULL,
+    mean_return REAL NOT NULL,
+    std_return REAL NOT NULL,
+    mean_length REAL NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_model ON evaluations (model_name, created_at);
+CREATE TABLE IF NOT EXISTS study_trials (
+    study_id TEXT NOT NULL,
+    trial_number INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (study_id, trial_number)
+);
+CREATE INDEX IF NOT EXISTS study_trials_by_job ON study_trials (job_id);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+"""
 _JSON_COLUMNS = {"config", "metrics", "observation_space", "action_space", "hyperparameters"}
 _TIME_COLUMNS = {"created_at", "start_time", "end_time"}
 
@@ -146,6 +178,7 @@ class Database:
             columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
             if "checkpoint_timesteps" not in columns:  # a database made before checkpoints
                 self._conn.execute("ALTER TABLE jobs ADD COLUMN checkpoint_timesteps INTEGER")
+            self._conn.executescript(_LATER_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -239,6 +272,17 @@ class Database:
 
     def delete_model(self, name: str) -> None:
         self._write("DELETE FROM models WHERE name = ?", (name,))
+        self._write("DELETE FROM evaluations WHERE model_name = ?", (name,))
+
+    # evaluations kept with a model
+
+    def add_evaluation(self, evaluation: EvaluationRecord) -> None:
+        self._insert("evaluations", vars(evaluation))
+
+    def list_evaluations(self, model_name: str) -> list[EvaluationRecord]:
+        """A model's evaluations, newest first."""
+        rows = self._read("SELECT * FROM evaluations WHERE model_name = ? ORDER BY created_at DESC", (model_name,))
+        return [EvaluationRecord(**{**row, "deterministic": bool(row["deterministic"])}) for row in rows]
 
 
 def _job(row: dict[str, Any]) -> JobRecord:

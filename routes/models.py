@@ -8,10 +8,18 @@ from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from errors import InvalidEvaluation
-from records import ModelRecord
+from records import EvaluationRecord, ModelRecord, utcnow
 from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
 from routes.responses import error_responses
-from schemas import DeleteResponse, EvaluateRequest, EvaluateResponse, ModelInfo, ModelList, ModelSummary
+from schemas import (
+    DeleteResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    EvaluationInfo,
+    ModelInfo,
+    ModelList,
+    ModelSummary,
+)
 from store import ModelStore
 from training import environment_spaces
 
@@ -33,7 +41,9 @@ def list_models(store: StoreDep) -> ModelList:
 
 @router.get("/models/{model_name}", response_model=ModelInfo, responses=error_responses(404, 500))
 def model_info(model_name: ModelNameParam, store: StoreDep) -> ModelInfo:
-    return _described(ModelInfo, store.info(model_name), store)
+    info = _described(ModelInfo, store.info(model_name), store)
+    info.evaluations = [EvaluationInfo.model_validate(kept) for kept in store.db.list_evaluations(model_name)]
+    return info
 
 
 @router.get(
@@ -77,6 +87,19 @@ def evaluate_model(
         )
     finally:
         env.close()
+    store.db.add_evaluation(
+        EvaluationRecord(
+            model_name=model_name,
+            env_name=env_name,
+            n_episodes=request.n_episodes,
+            seed=request.seed,
+            deterministic=request.deterministic,
+            mean_return=float(np.mean(returns)),
+            std_return=float(np.std(returns)),
+            mean_length=float(np.mean(lengths)),
+            created_at=utcnow(),
+        )
+    )
     return EvaluateResponse(
         model_name=model_name,
         env_name=env_name,
