@@ -96,6 +96,9 @@ class JobSummary(JobBrief):
 
 class JobList(BaseModel):
     jobs: list[JobSummary]
+    # Only in answers to a paged or filtered request: the unparameterised call keeps the document's shape.
+    total: int | None = Field(None, description="Jobs that pass the filters, on all pages")
+    next_cursor: str | None = Field(None, description="Pass as cursor for the next page; absent on the last")
 
 
 class JobStatus(JobSummary):
@@ -202,6 +205,8 @@ class ModelSummary(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelSummary]
+    total: int | None = Field(None, description="Models that pass the filters (paged or filtered requests only)")
+    next_offset: int | None = Field(None, description="Pass as offset for the next page; absent on the last")
 
 
 class EvaluationInfo(BaseModel):

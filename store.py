@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -224,6 +225,25 @@ class Database:
     def list_jobs(self) -> list[JobRecord]:
         return [_job(row) for row in self._read("SELECT * FROM jobs ORDER BY rowid")]
 
+    def page_jobs(
+        self, filters: "JobFilters", limit: int | None, offset: int = 0
+    ) -> tuple[list[JobRecord], int, int | None]:
+        """One page of the jobs that pass ``filters`` (after ``filters.after``, the cursor, when given) in the order
+        submitted (newest first with ``filters.newest_first``), how many pass the filters in all, and the position
+        of the page's last job (the next page's cursor)."""
+        where, params = filters.sql()
+        total = self._read(f"SELECT count(*) AS n FROM jobs WHERE {where}", params)[0]["n"]
+        order = "DESC" if filters.newest_first else "ASC"
+        if filters.after is not None:
+            where += f" AND rowid {'<' if filters.newest_first else '>'} ?"
+            params = (*params, filters.after)
+        sql = f"SELECT rowid AS _rowid, * FROM jobs WHERE {where} ORDER BY rowid {order} LIMIT ? OFFSET ?"
+        rows = self._read(sql, (*params, -1 if limit is None else limit, offset))
+        last = rows[-1]["_rowid"] if rows else None
+        for row in rows:
+            del row["_rowid"]
+        return [_job(row) for row in rows], total, last
+
     def interrupt_unfinished(self, message: str) -> int:
         """Mark the jobs a previous run left queued or running as interrupted, back at their last checkpoint (what
         a resume continues from); returns how many."""
@@ -274,6 +294,16 @@ class Database:
         self._write("DELETE FROM models WHERE name = ?", (name,))
         self._write("DELETE FROM evaluations WHERE model_name = ?", (name,))
 
+    # studies' trials, each a job
+
+    def add_study_trial(self, study_id: str, trial_number: int, job_id: str) -> None:
+        self._write("INSERT OR REPLACE INTO study_trials VALUES (?, ?, ?)", (study_id, trial_number, job_id))
+
+    def study_job_ids(self, study_id: str) -> list[str]:
+        """The job of each trial of a study, by trial number."""
+        rows = self._read("SELECT job_id FROM study_trials WHERE study_id = ? ORDER BY trial_number", (study_id,))
+        return [row["job_id"] for row in rows]
+
     # evaluations kept with a model
 
     def add_evaluation(self, evaluation: EvaluationRecord) -> None:
@@ -283,6 +313,35 @@ class Database:
         """A model's evaluations, newest first."""
         rows = self._read("SELECT * FROM evaluations WHERE model_name = ? ORDER BY created_at DESC", (model_name,))
         return [EvaluationRecord(**{**row, "deterministic": bool(row["deterministic"])}) for row in rows]
+
+
+@dataclass
+class JobFilters:
+    """What GET /training/jobs narrows its list by; None: no narrowing."""
+
+    statuses: list[str] | None = None
+    env_name: str | None = None
+    model_name: str | None = None  # a part of the name
+    study_id: str | None = None
+    after: int | None = None  # the cursor: the position (rowid) of the last job of the previous page
+    newest_first: bool = False
+
+    def sql(self) -> tuple[str, tuple[Any, ...]]:
+        clauses, params = ["1"], []
+        if self.statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in self.statuses)})")
+            params += self.statuses
+        if self.env_name:
+            clauses.append("env_name = ?")
+            params.append(self.env_name)
+        if self.model_name:
+            escaped = self.model_name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("model_name LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if self.study_id:
+            clauses.append("job_id IN (SELECT job_id FROM study_trials WHERE study_id = ?)")
+            params.append(self.study_id)
+        return " AND ".join(clauses), tuple(params)
 
 
 def _job(row: dict[str, Any]) -> JobRecord:

@@ -3,13 +3,14 @@
 from typing import Annotated, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Body, Response
+from fastapi import APIRouter, Body, Query, Response
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from errors import InvalidEvaluation
 from records import EvaluationRecord, ModelRecord, utcnow
 from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
+from routes.listing import ModelListQuery, models_page
 from routes.responses import error_responses
 from schemas import (
     DeleteResponse,
@@ -34,9 +35,20 @@ def _described(response_model: type[Summary], record: ModelRecord, store: ModelS
     )
 
 
-@router.get("/models", response_model=ModelList)
-def list_models(store: StoreDep) -> ModelList:
-    return ModelList(models=[_described(ModelSummary, record, store) for record in store.list()])
+@router.get("/models", response_model=ModelList, response_model_exclude_none=True)
+def list_models(store: StoreDep, query: Annotated[ModelListQuery, Query()]) -> ModelList:
+    """Every model; with ``limit``/``offset`` one page, with filters (env, a part of the name, study) only those
+    that pass, the answer then also giving ``total`` and ``next_offset``."""
+    if query.is_plain():
+        return ModelList(models=[_described(ModelSummary, record, store) for record in store.list()])
+    study_jobs = set(store.db.study_job_ids(query.study)) if query.study else None
+    page, total = models_page(store.list(), query, study_jobs)
+    end = query.offset + len(page)
+    return ModelList(
+        models=[_described(ModelSummary, record, store) for record in page],
+        total=total,
+        next_offset=end if end < total else None,
+    )
 
 
 @router.get("/models/{model_name}", response_model=ModelInfo, responses=error_responses(404, 500))
