@@ -1,0 +1,83 @@
+"""The dashboard's comparison view in headless Chromium against the real server: two jobs that differ in their
+learning rate, ticked in the jobs table, overlaid on one chart whose legend names the differing setting; the
+selection in the page's address, so that opening that address shows the same view; a table of their returns.
+
+``GRPO_DOCS_SCREENSHOTS=1`` also writes the view to docs/compare.png (the README's picture).
+"""
+
+import base64
+import os
+from pathlib import Path
+
+from harness import REPO, TINY, Server
+from test_dashboard import DevTools, browser  # noqa: F401  (the fixture)
+
+
+def _open(page: DevTools, url: str) -> None:
+    page.send("Page.navigate", url=url)
+    page.wait_for("document.readyState === 'complete' && typeof renderCompare === 'function'", 30, "the page")
+
+
+def test_two_jobs_overlaid_with_the_differing_setting_named(browser: DevTools, server: Server, tmp_path: Path) -> None:  # noqa: F811
+    jobs = []
+    for rate in (1e-3, 3e-4):
+        body = {**TINY, "total_timesteps": 1500, "learning_rate": rate, "seed": 1, "model_name": f"lr_{rate:g}"}
+        response = server.post("/train", body)
+        assert response.status_code == 200, response.text
+        jobs.append(response.json()["job_id"])
+    for job_id in jobs:
+        assert server.wait_for_job(job_id)["status"] == "completed"
+    server.post(f"/models/lr_{1e-3:g}/evaluate", {"n_episodes": 2, "seed": 0})
+    browser.send("Page.enable")
+    browser.send("Runtime.enable")
+
+    # Tick both jobs in the table, as a person would: the address takes the selection.
+    _open(browser, f"{server.base}/dashboard")
+    for job_id in jobs:
+        tick = f'tr[data-job-id="{job_id}"] input.compare-tick'
+        browser.wait_for(f"document.querySelector('#jobs {tick}') !== null", 30, "the job's row")
+        browser.click(f"#jobs {tick}")
+    browser.wait_for("document.querySelector('#chart-compare').dataset.series === '2'", 30, "two curves")
+    assert browser.evaluate("new URLSearchParams(location.search).get('compare')") == ",".join(jobs)
+    shared = browser.evaluate("location.href")
+
+    # The shared address shows the same view in a fresh page.
+    _open(browser, shared)
+    browser.wait_for("document.querySelector('#chart-compare').dataset.series === '2'", 30, "two curves again")
+    legend = browser.evaluate(
+        "[...document.querySelectorAll('#chart-compare .u-legend .u-series .u-label')].map((e) => e.textContent)"
+    )
+    assert legend[1:] == ["lr=1e-3", "lr=3e-4"], legend
+    data = browser.evaluate("compareState.chart.data")
+    for index, job_id in enumerate(jobs, start=1):
+        points = server.get(f"/training/{job_id}/metrics")["points"]
+        by_step = dict(zip(data[0], data[index], strict=True))
+        assert [by_step[p["timesteps"]] for p in points] == [p["episode_return_mean"] for p in points]
+    rows = browser.evaluate(
+        "[...document.querySelectorAll('#compare-table tbody tr')].map((r) => [...r.cells].map((c) => c.textContent))"
+    )
+    assert [row[0] for row in rows] == ["lr=1e-3", "lr=3e-4"]
+    final = server.get(f"/training/{jobs[1]}/metrics")["points"][-1]["episode_return_mean"]
+    assert rows[1][4] == f"{final:.1f}" and rows[1][5] != ""
+    assert "± " in rows[0][6] and rows[1][6] == ""  # the kept evaluation of the first model
+
+    # Untick one: the other stays, and so does the address.
+    browser.evaluate(f"document.querySelector('#compare-table tr[data-job-id=\"{jobs[0]}\"] button').click()")
+    browser.wait_for("document.querySelector('#chart-compare').dataset.series === '1'", 30, "one curve")
+    assert browser.evaluate("new URLSearchParams(location.search).get('compare')") == jobs[1]
+
+    _open(browser, shared)
+    browser.wait_for("document.querySelector('#chart-compare').dataset.series === '2'", 30, "the view for the picture")
+    browser.evaluate("document.querySelector('#compare-section').scrollIntoView()")
+    box = browser.evaluate(
+        "(() => { const r = document.querySelector('#compare-section').getBoundingClientRect();"
+        " return [r.x, r.y + window.scrollY, r.width, r.height]; })()"
+    )
+    clip = {"x": box[0], "y": box[1], "width": box[2], "height": box[3], "scale": 1}
+    shot = browser.send("Page.captureScreenshot", format="png", clip=clip, captureBeyondViewport=True)
+    targets = [tmp_path / "compare.png"]
+    if os.environ.get("GRPO_DOCS_SCREENSHOTS"):
+        targets.append(REPO / "docs" / "compare.png")
+    for target in targets:
+        target.write_bytes(base64.b64decode(shot["data"]))
+    assert targets[0].stat().st_size > 5_000
