@@ -25,11 +25,12 @@ import errors
 from jobs import JobRunner
 from replay import ReplayUnavailable
 from rewards import REWARD_FUNCTIONS
-from routes import health, inference, models, replays, reward_functions, training
+from routes import health, inference, models, replays, reward_functions, studies, training
 from routes.dependencies import require_api_key
 from routes.responses import error_responses
 from settings import Settings
 from store import Database, ModelCache, ModelStore
+from studies import StudyManager, StudyNotActive, StudyNotFound
 
 __all__ = ["REWARD_FUNCTIONS", "create_app"]
 
@@ -53,6 +54,8 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.BatchTooLarge: 413,
     errors.TooManyJobs: 429,
     ReplayUnavailable: 400,
+    StudyNotFound: 404,
+    StudyNotActive: 409,
 }
 # Headers that go with some of those answers: when to come back to a full queue.
 ERROR_HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {errors.TooManyJobs: {"Retry-After": "30"}}
@@ -142,6 +145,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner = JobRunner(db, store, settings)
         runner.recover()
         app.state.store, app.state.runner = store, runner
+        app.state.studies = await anyio.to_thread.run_sync(StudyManager, runner, store, settings)
+        app.state.studies.recover()
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
         if settings.api_key is None and not is_loopback(settings.host):
             logger.warning(
@@ -152,7 +157,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
-            # Stopping jobs waits for their threads; keep the event loop free meanwhile.
+            # Stopping jobs waits for their threads; keep the event loop free meanwhile. Studies first: their
+            # drivers mark their running trials interrupted before the jobs are.
+            await anyio.to_thread.run_sync(app.state.studies.shutdown)
             await anyio.to_thread.run_sync(runner.shutdown)
             db.close()
             th.set_num_threads(previous_threads)
@@ -170,7 +177,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.include_router(health.public_router)
     guarded = (health.root_router, training.router, inference.router, models.router, reward_functions.router)
-    guarded += (replays.router,)
+    guarded += (replays.router, studies.router)
     for router in guarded:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
