@@ -2,11 +2,14 @@
 learning rate, ticked in the jobs table, overlaid on one chart whose legend names the differing setting; the
 selection in the page's address, so that opening that address shows the same view; a table of their returns.
 
+Also the studies panel: a finished study's row, and its chart of trial values.
+
 ``GRPO_DOCS_SCREENSHOTS=1`` also writes the view to docs/compare.png (the README's picture).
 """
 
 import base64
 import os
+import time
 from pathlib import Path
 
 from harness import REPO, TINY, Server
@@ -81,3 +84,29 @@ def test_two_jobs_overlaid_with_the_differing_setting_named(browser: DevTools, s
     for target in targets:
         target.write_bytes(base64.b64decode(shot["data"]))
     assert targets[0].stat().st_size > 5_000
+
+
+def test_the_studies_panel_charts_trial_values(browser: DevTools, server: Server) -> None:  # noqa: F811
+    from test_studies import study_body
+
+    answer = server.post("/studies", study_body(n_trials=2, total_timesteps=128, report_interval=64))
+    assert answer.status_code == 200, answer.text
+    study_id = answer.json()["study_id"]
+    deadline = time.monotonic() + 120
+    while server.get(f"/studies/{study_id}")["status"] == "running":
+        assert time.monotonic() < deadline, "the study did not finish"
+        time.sleep(0.5)
+    browser.send("Page.enable")
+    browser.send("Runtime.enable")
+    _open(browser, f"{server.base}/dashboard")
+    row = f'#studies tr[data-study-id="{study_id}"]'
+    browser.wait_for(f"document.querySelector('{row}') !== null", 30, "the study's row")
+    assert browser.evaluate(f"document.querySelector('{row}').dataset.status") == "completed"
+    browser.evaluate(f"document.querySelector('{row} button').click()")
+    browser.wait_for("document.querySelector('#chart-study').dataset.trials === '2'", 30, "the trials' chart")
+    values = browser.evaluate("studyState.chart.data")
+    study = server.get(f"/studies/{study_id}")
+    assert values[0] == [0, 1]
+    complete = [t["value"] if t["state"] == "complete" else None for t in study["trials_list"]]
+    assert values[1] == complete
+    assert browser.evaluate("document.querySelector('#study-preset').textContent").startswith("CartPole-v1:")
