@@ -3,8 +3,9 @@ GIF or an MP4 video, and kept on disk per model, seed and format so that the sec
 
 Rendering is the cost (pygame draws every frame), so an episode is played in full (its return is the real one) but
 only every ``stride``-th step is drawn, the stride chosen from the environment's step limit so that at most
-``max_frames`` frames are kept; frames are halved in size when they are wider than ``MAX_WIDTH``. GIFs use a fixed
-3-3-2 palette, which needs no per-frame colour quantisation (Pillow's own takes seconds for a few hundred frames).
+``max_frames`` frames are kept; frames are halved in size (2x2 means) while they are wider than ``MAX_WIDTH``. GIFs
+use a fixed 3-3-2 palette, which needs no per-frame colour quantisation (Pillow's own takes seconds for a few
+hundred frames).
 """
 
 import io
@@ -102,10 +103,15 @@ def _frame(env: gym.Env) -> np.ndarray:
     frame = env.render()
     if not isinstance(frame, np.ndarray) or frame.ndim != 3:
         raise ReplayUnavailable(f"{env.spec.id if env.spec else 'The environment'} returned no rgb_array frame")
+    # Even sides: halving needs them, and so do H.264's 4:2:0 colour planes.
+    frame = frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2, :3]
     while frame.shape[1] > MAX_WIDTH:
-        frame = frame[::2, ::2]
-    # Even sides: H.264's 4:2:0 colour planes need them.
-    return np.ascontiguousarray(frame[: frame.shape[0] // 2 * 2, : frame.shape[1] // 2 * 2, :3])
+        # The mean of each 2x2 block: one-pixel lines (CartPole's track) fade instead of vanishing.
+        height, width = frame.shape[0] // 2, frame.shape[1] // 2
+        blocks = frame[: height * 2, : width * 2].reshape(height, 2, width, 2, 3).astype(np.uint16)
+        frame = (blocks.sum(axis=(1, 3)) // 4).astype(np.uint8)
+        frame = frame[: height // 2 * 2, : width // 2 * 2]
+    return np.ascontiguousarray(frame)
 
 
 def encode(frames: list[np.ndarray], fmt: ReplayFormat, fps: float) -> bytes:

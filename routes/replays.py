@@ -39,7 +39,7 @@ async def replay_model(
     format: Annotated[ReplayFormat, Query(description="gif (an image any page shows) or mp4 (smaller)")] = "gif",
     seed: Annotated[int, Query(ge=0, le=2**32 - 1, description="The episode's reset seed")] = 0,
     deterministic: Annotated[bool, Query(description="The policy's most likely action at each step")] = True,
-    max_frames: Annotated[int, Query(ge=2, le=1_000, description="At most this many frames (steps are skipped)")] = 200,
+    max_frames: Annotated[int, Query(ge=2, le=1_000, description="At most this many frames (steps are skipped)")] = 150,
 ) -> Response:
     """Play one episode of the model on its training environment and answer it as an animation; the same model,
     seed, settings and format come from a cache after the first time. 400 when the environment cannot draw."""
