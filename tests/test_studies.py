@@ -84,6 +84,16 @@ def test_a_small_study_end_to_end(client: TestClient) -> None:
     assert client.post(f"/studies/{study_id}/resume").status_code == 409  # nothing left to do
 
 
+def test_a_study_on_the_ray_executor(local_ray: None, settings: Settings) -> None:
+    """The trials go through the runner, so they run wherever jobs run: here, as Ray actors, two at once."""
+    with TestClient(create_app(settings.model_copy(update={"executor": "ray"}))) as client:
+        study_id = client.post("/studies", json=study_body(n_trials=2, parallel_trials=2)).json()["study_id"]
+        study = wait_for_study(client, study_id, lambda s: s["status"] != "running", timeout=300)
+        assert study["status"] == "completed", study
+        assert study["trials"]["complete"] + study["trials"]["pruned"] == 2
+        assert client.get(f"/models/{study['best_model_name']}").status_code == 200
+
+
 def test_stop_a_running_study(client: TestClient) -> None:
     body = study_body(n_trials=20, total_timesteps=200_000, parallel_trials=2, pruner="none")
     study_id = client.post("/studies", json=body).json()["study_id"]
