@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from records import JobState, MetricPoint, ModelName
+from records import EvaluationRecord, JobState, MetricPoint, ModelName
 from training import TrainingConfig, TrainingSettings
 
 # JSON has no NaN or infinity, but Python's parser accepts them; a model cannot act on them either.
@@ -209,19 +209,13 @@ class ModelList(BaseModel):
     next_offset: int | None = Field(None, description="Pass as offset for the next page; absent on the last")
 
 
-class EvaluationInfo(BaseModel):
-    """One POST /models/{name}/evaluate, as kept with the model."""
-
-    model_config = ConfigDict(from_attributes=True)
-
-    env_name: str
-    n_episodes: int
-    seed: int | None
-    deterministic: bool
-    mean_return: float
-    std_return: float
-    mean_length: float
-    created_at: datetime
+# One evaluation kept with a model: the fields of records.EvaluationRecord but the model's name.
+EvaluationInfo = create_model(
+    "EvaluationInfo",
+    __doc__="One POST /models/{name}/evaluate, as kept with the model.",
+    __config__=ConfigDict(from_attributes=True),
+    **{kept.name: (kept.type, ...) for kept in fields(EvaluationRecord) if kept.name != "model_name"},
+)
 
 
 class ModelInfo(ModelSummary):
