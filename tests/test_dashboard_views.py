@@ -1,10 +1,10 @@
-"""The dashboard's comparison view in headless Chromium against the real server: two jobs that differ in their
-learning rate, ticked in the jobs table, overlaid on one chart whose legend names the differing setting; the
-selection in the page's address, so that opening that address shows the same view; a table of their returns.
+"""The dashboard's newer views in headless Chromium against the real server: the comparison view (two jobs that
+differ in their learning rate, ticked in the jobs table, overlaid on one chart whose legend names the differing
+setting; the selection in the page's address, so that opening that address shows the same view; a table of their
+returns), the studies panel (a finished study's row and its chart of trial values), and a model's details (its
+replay with the episode's return, its kept evaluations).
 
-Also the studies panel: a finished study's row, and its chart of trial values.
-
-``GRPO_DOCS_SCREENSHOTS=1`` also writes the view to docs/compare.png (the README's picture).
+``GRPO_DOCS_SCREENSHOTS=1`` also writes the comparison view to docs/compare.png (the README's picture).
 """
 
 import base64
@@ -110,3 +110,35 @@ def test_the_studies_panel_charts_trial_values(browser: DevTools, server: Server
     complete = [t["value"] if t["state"] == "complete" else None for t in study["trials_list"]]
     assert values[1] == complete
     assert browser.evaluate("document.querySelector('#study-preset').textContent").startswith("CartPole-v1:")
+
+
+def test_a_models_details_show_its_replay_and_kept_evaluations(browser: DevTools, server: Server) -> None:  # noqa: F811
+    response = server.post("/train", {**TINY, "total_timesteps": 256, "model_name": "watched"})
+    assert server.wait_for_job(response.json()["job_id"])["status"] == "completed"
+    server.post("/models/watched/evaluate", {"n_episodes": 2, "seed": 5})
+    browser.send("Page.enable")
+    browser.send("Runtime.enable")
+    _open(browser, f"{server.base}/dashboard")
+    browser.wait_for("document.querySelector('tr[data-model=watched]') !== null", 30, "the model's row")
+    browser.evaluate("document.querySelector('tr[data-model=watched] button').click()")
+    caption = browser.wait_for(
+        "document.querySelector('#replay-caption').dataset.return !== undefined"
+        " && document.querySelector('#replay-caption').textContent",
+        60,
+        "the replay",
+    )
+    replay = server.http.get("/models/watched/replay", params={"format": "gif", "seed": 0})
+    assert replay.headers["x-replay-cache"] == "hit"  # the page's request rendered it
+    assert f"return {float(replay.headers['x-episode-return']):.1f}" in caption
+    size = browser.evaluate(
+        "[document.querySelector('#replay-image').naturalWidth, document.querySelector('#replay-image').complete]"
+    )
+    assert size[0] > 0 and size[1]
+    rows = browser.evaluate(
+        "[...document.querySelectorAll('#evaluations tbody tr')].map((r) => r.cells[2].textContent)"
+    )
+    assert rows == ["5"]
+    # The page's own "evaluate" adds a kept evaluation and shows it.
+    browser.evaluate("document.querySelector('#evaluate-button').click()")
+    browser.wait_for("document.querySelectorAll('#evaluations tbody tr').length === 2", 60, "the new evaluation")
+    assert len(server.get("/models/watched")["evaluations"]) == 2
