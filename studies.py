@@ -27,6 +27,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from errors import JobNotActive, ServiceError, TooManyJobs
 from jobs import JobRunner
 from records import EvaluationRecord, JobState, ModelName, utcnow
+from rewards import REWARD_FUNCTIONS, fits
 from settings import Settings
 from store import ModelStore
 from training import TrainingSettings, environment_spaces
@@ -35,6 +36,7 @@ logger = logging.getLogger("grpo.studies")
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 DRIVER_POLL_S = 0.5
+MAX_FAILURES_IN_A_ROW = 3
 FINISHED_JOB_STATES = {JobState.COMPLETED, JobState.FAILED, JobState.STOPPED, JobState.INTERRUPTED}
 # What a search space may vary: GRPO's settings, not where or under which name a job runs.
 SEARCHABLE = frozenset(TrainingSettings.model_fields) - {
@@ -61,6 +63,10 @@ DEFAULT_SEARCH_SPACE: dict[str, dict[str, Any]] = {
     "ent_coef": {"type": "float", "low": 1e-6, "high": 1e-2, "log": True},
 }
 DEFAULT_FIXED: dict[str, Any] = {"n_envs": 8}
+
+
+class StudyFailed(Exception):
+    """Ends a study's driver: too many of its trials failed in a row."""
 
 
 class InvalidStudy(ServiceError):
@@ -129,7 +135,15 @@ def resolved_space(request: StudyRequest) -> dict[str, ParamSpec]:
 
 def check_request(request: StudyRequest, settings: Settings) -> dict[str, ParamSpec]:
     """The search space the study will use; InvalidStudy (400) for anything outside TrainRequest's bounds."""
-    environment_spaces(request.env_name)  # an unknown environment is a 400 that names close matches
+    observation_space, _ = environment_spaces(request.env_name)  # unknown: a 400 that names close matches
+    reward = request.fixed.get("reward_function_type")
+    if reward is not None and (
+        reward not in REWARD_FUNCTIONS or not fits(REWARD_FUNCTIONS[reward], tuple(observation_space.shape or ()))
+    ):
+        raise InvalidStudy(
+            f"fixed.reward_function_type {reward!r} is not a reward function for {request.env_name} "
+            f"(GET /reward-functions lists them; 'env' is the environment's own)"
+        )
     if request.total_timesteps > settings.max_total_timesteps:
         raise InvalidStudy(f"total_timesteps {request.total_timesteps} exceeds this server's maximum")
     unknown = set(request.fixed) - FIXABLE
@@ -311,6 +325,7 @@ class StudyManager:
                 raise StudyNotActive(f"Study {study_id} is running already")
         if _owed(study) <= 0:
             raise StudyNotActive(f"Study {study_id} has finished all of its trials")
+        study.set_user_attr("error", None)
         self._start(study_id, study)
 
     def get(self, study_id: str) -> optuna.Study:
@@ -349,6 +364,7 @@ class StudyManager:
         interval = request.report_interval or max(1, request.total_timesteps // 10)
         running: list[RunningTrial] = []
         status = "completed"
+        failures = 0
         try:
             while True:
                 if driver.stop.is_set():
@@ -361,11 +377,19 @@ class StudyManager:
                 for trial in list(running):
                     if self._advance(study, request, trial, interval):
                         running.remove(trial)
+                        failed = self.storage.get_trial(trial.trial._trial_id).state == TrialState.FAIL
+                        failures = failures + 1 if failed else 0
+                if failures >= max(MAX_FAILURES_IN_A_ROW, 2 * request.parallel_trials):
+                    # Failed trials are made up for: a setting that fails every job would otherwise never end.
+                    study.set_user_attr("error", f"{failures} trials in a row failed; see the trials' errors")
+                    raise StudyFailed
                 if not running and _owed(study) <= 0:
                     break
                 driver.stop.wait(DRIVER_POLL_S)
-        except Exception:
-            logger.exception("study %s failed", driver.study_id)
+        except Exception as error:
+            if not isinstance(error, StudyFailed):
+                logger.exception("study %s failed", driver.study_id)
+                study.set_user_attr("error", f"{type(error).__name__}: {error}")
             status = "failed"
             for trial in running:
                 self._abandon(study, trial, "failed", stop_job=True)

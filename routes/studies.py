@@ -36,6 +36,7 @@ class StudySummary(BaseModel):
     best_trial: int | None
     best_model_name: str
     created_at: datetime | None
+    error: str | None = Field(None, description="Why a failed study failed")
 
 
 class StudyList(BaseModel):
@@ -90,6 +91,7 @@ def _summary(study_id: str, attrs: dict[str, Any], trials: list[optuna.trial.Fro
         "best_trial": best.number if best else None,
         "best_model_name": attrs["best_model_name"],
         "created_at": datetime.fromisoformat(created) if created else None,
+        "error": attrs.get("error"),
     }
 
 

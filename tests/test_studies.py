@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from api import create_app
+from errors import InvalidTrainingRequest
 from settings import Settings
 
 # Tiny trials: the tests check the plumbing, not what Optuna finds.
@@ -62,7 +63,8 @@ def test_a_small_study_end_to_end(client: TestClient) -> None:
         assert trial["intermediate_values"], "no return was reported for pruning"
         job = client.get(f"/training/{trial['job_id']}/status").json()
         assert job["config"]["learning_rate"] == trial["params"]["learning_rate"]
-        assert job["status"] == ("completed" if trial["state"] == "complete" else "stopped")
+        # A pruned trial's job is stopped, unless it finished in the moment between the pruner's word and the stop.
+        assert job["status"] in (("completed",) if trial["state"] == "complete" else ("stopped", "completed"))
     complete = [t for t in trials if t["state"] == "complete"]
     best = max(complete, key=lambda t: t["value"])
     assert study["best_trial"] == best["number"] and study["best_value"] == best["value"]
@@ -147,6 +149,8 @@ def test_a_restart_interrupts_a_running_study_which_then_resumes(settings: Setti
         ({"search_space": {"gamma": {"type": "categorical"}}}, 400, "choices"),
         ({"fixed": {"model_name": "x"}}, 400, "fixed cannot set"),
         ({"fixed": {"n_envs": 0}}, 400, "n_envs"),
+        ({"fixed": {"reward_function_type": "nope"}}, 400, "GET /reward-functions"),
+        ({"env_name": "Pendulum-v1", "fixed": {"reward_function_type": "optimized_cartpole"}}, 400, "Pendulum"),
         ({"n_trials": 0}, 422, None),
         ({"sampler": "grid"}, 422, None),
         ({"pruner": "hyperband"}, 422, None),
@@ -159,6 +163,17 @@ def test_bad_study_requests(client: TestClient, body: dict[str, Any], status: in
     if words:
         assert words in response.json()["detail"]
     assert client.get("/studies").json() == {"studies": []}
+
+
+def test_a_study_whose_trials_all_fail_ends_failed(client: TestClient) -> None:
+    def refuse(request: Any) -> None:
+        raise InvalidTrainingRequest("no jobs today")
+
+    client.app.state.runner.submit = refuse
+    study_id = client.post("/studies", json=study_body(n_trials=50)).json()["study_id"]
+    study = wait_for_study(client, study_id, lambda s: s["status"] != "running", timeout=60)
+    assert study["status"] == "failed" and "in a row failed" in study["error"]
+    assert study["trials"]["fail"] == 3 and {t["error"] for t in study["trials_list"]} == {"no jobs today"}
 
 
 def test_unknown_studies(client: TestClient) -> None:
