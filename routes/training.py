@@ -45,7 +45,7 @@ def train(runner: RunnerDep, request: Annotated[TrainRequest | None, Body()] = N
     return TrainResponse(job_id=record.job_id, message=message, config=config)
 
 
-@router.get("/training/jobs", response_model=JobList, response_model_exclude_none=True)
+@router.get("/training/jobs", response_model=JobList, response_model_exclude_none=True, responses=error_responses(400))
 def list_jobs(runner: RunnerDep, query: Annotated[JobListQuery, Query()]) -> JobList:
     """Every job in the order submitted; with ``limit`` (and ``cursor`` or ``offset``) one page of them, and with
     filters only the jobs that pass them, the answer then also giving ``total`` and ``next_cursor``."""
