@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
-from errors import JobNotActive, ServiceError, TooManyJobs
+from errors import JobNotActive, ModelExists, ServiceError, TooManyJobs
 from jobs import JobRunner
 from records import EvaluationRecord, JobState, ModelName, utcnow
 from rewards import REWARD_FUNCTIONS, fits
@@ -291,6 +291,8 @@ class StudyManager:
 
     def create(self, request: StudyRequest) -> str:
         space = check_request(request, self.settings)
+        if request.model_name is not None and self.store.exists(request.model_name):
+            raise ModelExists(f"Model {request.model_name!r} already exists; the best trial's model needs a free name")
         study_id = uuid.uuid4().hex[:12]
         sampler = (
             optuna.samplers.TPESampler(seed=request.seed)

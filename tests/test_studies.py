@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from harness import train, wait_for_job
 
 from api import create_app
 from errors import InvalidTrainingRequest
@@ -174,6 +175,12 @@ def test_a_study_whose_trials_all_fail_ends_failed(client: TestClient) -> None:
     study = wait_for_study(client, study_id, lambda s: s["status"] != "running", timeout=60)
     assert study["status"] == "failed" and "in a row failed" in study["error"]
     assert study["trials"]["fail"] == 3 and {t["error"] for t in study["trials_list"]} == {"no jobs today"}
+
+
+def test_the_best_models_name_must_be_free(client: TestClient) -> None:
+    wait_for_job(client, train(client, model_name="taken", total_timesteps=64))
+    response = client.post("/studies", json=study_body(model_name="taken"))
+    assert response.status_code == 409 and "taken" in response.json()["detail"]
 
 
 def test_unknown_studies(client: TestClient) -> None:
