@@ -11,6 +11,7 @@ hundred frames).
 import io
 import json
 import math
+import shutil
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -169,3 +170,8 @@ class ReplayCache:
             described = {key: value for key, value in asdict(replay).items() if key not in ("data", "cached")}
             meta.write_text(json.dumps(described))
             return replay
+
+    def forget(self, model_name: str) -> None:
+        """Drop a deleted model's replays."""
+        with self._lock:
+            shutil.rmtree(self.root / model_name, ignore_errors=True)

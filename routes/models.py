@@ -3,7 +3,7 @@
 from typing import Annotated, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -11,6 +11,7 @@ from errors import InvalidEvaluation
 from records import EvaluationRecord, ModelRecord, utcnow
 from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
 from routes.listing import ModelListQuery, models_page
+from routes.replays import get_replays
 from routes.responses import error_responses
 from schemas import (
     DeleteResponse,
@@ -124,7 +125,8 @@ def evaluate_model(
 
 
 @router.delete("/models/{model_name}", response_model=DeleteResponse, responses=error_responses(404, 409))
-def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep) -> DeleteResponse:
+def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep, request: Request) -> DeleteResponse:
     runner.ensure_not_training(model_name)
     store.delete(model_name)
+    get_replays(request).forget(model_name)
     return DeleteResponse(message=f"Model {model_name} deleted", model_name=model_name)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from harness import train, wait_for_job
 
 from records import ModelRecord, utcnow
+from settings import Settings
 
 
 class FramelessCartPole(CartPoleEnv):
@@ -72,3 +74,12 @@ def test_an_environment_that_cannot_draw_is_a_400(service: TestClient) -> None:
     finally:
         gym.registry.pop("FramelessCartPole-v0", None)
         service.delete("/models/frameless")
+
+
+def test_a_deleted_models_replays_go_with_it(client: TestClient, settings: Settings) -> None:
+    assert wait_for_job(client, train(client, model_name="brief", total_timesteps=64))["status"] == "completed"
+    assert client.get("/models/brief/replay", params={"max_frames": 5}).status_code == 200
+    kept = settings.models_dir / "replays" / "brief"
+    assert any(kept.iterdir())
+    client.delete("/models/brief")
+    assert not kept.exists()
