@@ -40,6 +40,8 @@ async def root() -> RootResponse:
             "model": "GET /models/{model_name}",
             "download": "GET /models/{model_name}/download",
             "evaluate": "POST /models/{model_name}/evaluate",
+            "replay": "GET /models/{model_name}/replay",
+            "studies": "POST /studies",
             "delete": "DELETE /models/{model_name}",
             "reward_functions": "GET /reward-functions",
             "docs": "GET /docs",
