@@ -32,14 +32,16 @@ from jobs import JobRunner
 from lifecycle import on_exit_signals
 from metrics import CacheStats, RequestMetrics, ServiceMetrics
 from predictor import Predictor
+from replay import ReplayUnavailable
 from rewards import REWARD_FUNCTIONS
-from routes import docs, health, inference, models, reward_functions, training
+from routes import docs, health, inference, models, replays, reward_functions, studies, training
 from routes import metrics as metrics_route
 from routes import presets as presets_routes
 from routes.dependencies import require_api_key
 from routes.responses import error_responses
 from settings import Settings
 from store import Database, ModelCache, ModelStore
+from studies import StudyManager, StudyNotActive, StudyNotFound
 from training import check_presets
 
 __all__ = ["REWARD_FUNCTIONS", "create_app"]
@@ -65,6 +67,9 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.ModelNotExportable: 400,
     errors.BatchTooLarge: 413,
     errors.TooManyJobs: 429,
+    ReplayUnavailable: 400,
+    StudyNotFound: 404,
+    StudyNotActive: 409,
 }
 # Headers that go with some of those answers: when to come back to a full queue.
 ERROR_HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {errors.TooManyJobs: {"Retry-After": "30"}}
@@ -177,6 +182,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.presets = book
         metrics.watch(runner.count_by_state, runner.steps_per_second, lambda: CacheStats(**store.cache.stats()))
         stop_metrics_server = metrics.serve(settings.host, settings.metrics_port) if settings.metrics_port else None
+        app.state.studies = await anyio.to_thread.run_sync(StudyManager, runner, store, settings)
+        app.state.studies.recover()
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
         if settings.api_key is None and not is_loopback(settings.host):
             logger.warning(
@@ -202,7 +209,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             begin_shutdown()
             gc.unfreeze()
-            # Stopping jobs waits for their threads; keep the event loop free meanwhile.
+            # Stopping jobs waits for their threads; keep the event loop free meanwhile. Studies first: their
+            # drivers mark their running trials interrupted before the jobs are.
+            await anyio.to_thread.run_sync(app.state.studies.shutdown)
             await anyio.to_thread.run_sync(runner.shutdown)
             if stop_metrics_server is not None:
                 stop_metrics_server()
@@ -237,6 +246,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         presets_routes.router,
         metrics_route.router,
     )
+    guarded += (replays.router, studies.router)
     for router in guarded:
         app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")

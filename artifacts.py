@@ -42,17 +42,22 @@ def find_normalizer(env: VecEnv | None) -> VecNormalize | None:
     return None
 
 
-def save_trained(model: GRPO, destination: Source) -> None:
-    """``model.save(destination)``, plus the statistics of the VecNormalize it trains under, in the same zip."""
+def save_trained(model: "GRPO | TrainedModel", destination: Source) -> None:
+    """``model.save(destination)``, plus the statistics of the VecNormalize it trains under (or, for a loaded
+    :class:`TrainedModel`, the ones it was loaded with), in the same zip."""
+    if isinstance(model, TrainedModel):
+        model, normalizer = model.model, model.normalizer_bytes
+    else:
+        found = find_normalizer(model.get_env())
+        # VecNormalize pickles without its environments (its __getstate__ drops them), as VecNormalize.save does.
+        normalizer = None if found is None else pickle.dumps(found)
     model.save(destination)
-    normalizer = find_normalizer(model.get_env())
     if normalizer is None:
         return
     if hasattr(destination, "seek"):
         destination.seek(0)  # type: ignore[union-attr]
     with zipfile.ZipFile(destination, mode="a") as archive:  # type: ignore[arg-type]
-        # VecNormalize pickles without its environments (its __getstate__ drops them), as VecNormalize.save does.
-        archive.writestr(NORMALIZER_MEMBER, pickle.dumps(normalizer))
+        archive.writestr(NORMALIZER_MEMBER, normalizer)
 
 
 def read_normalizer(source: Source) -> bytes | None:

@@ -32,7 +32,7 @@ from grpo import GRPO
 from presets import Preset
 from records import RESUMABLE_STATES, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
 from settings import Settings
-from store import Database, ModelStore, remove_temporary_files, save_atomically
+from store import Database, JobFilters, ModelStore, remove_temporary_files, save_atomically
 from training import (
     ActiveJob,
     StopTraining,
@@ -49,6 +49,8 @@ logger = logging.getLogger("grpo.jobs")
 # Progress reaches the database at most this often; status requests read the live values in between.
 PROGRESS_WRITE_INTERVAL_S = 1.0
 CHECKPOINT_FILE = "checkpoint.zip"
+# A page of job records, how many pass the filters in all, and the position of the page's last job.
+JobPage = tuple[list[JobRecord], int, int | None]
 
 
 class JobRunner:
@@ -276,6 +278,11 @@ class JobRunner:
 
     def list(self) -> list[JobRecord]:
         return [self._with_live_progress(record) for record in self.db.list_jobs()]
+
+    def page(self, filters: JobFilters, limit: int | None, offset: int = 0) -> JobPage:
+        """``Database.page_jobs``, with the live progress of the running jobs."""
+        records, total, last = self.db.page_jobs(filters, limit, offset)
+        return [self._with_live_progress(record) for record in records], total, last
 
     def _with_live_progress(self, record: JobRecord) -> JobRecord:
         job = self._active.get(record.job_id)

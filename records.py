@@ -76,6 +76,21 @@ class ModelRecord:
     timesteps: int | None = None
 
 
+@dataclass
+class EvaluationRecord:
+    """One POST /models/{name}/evaluate, kept with the model."""
+
+    model_name: str
+    env_name: str
+    n_episodes: int
+    seed: int | None
+    deterministic: bool
+    mean_return: float
+    std_return: float
+    mean_length: float
+    created_at: datetime
+
+
 def _metric(logger_key: str, meaning: str = "") -> Any:
     """A learning-curve value read from SB3's logger key ``logger_key``; the API documents it with ``meaning``."""
     description = f"{logger_key}: {meaning}" if meaning else logger_key

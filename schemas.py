@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from records import JobState, MetricPoint, ModelName
+from records import EvaluationRecord, JobState, MetricPoint, ModelName
 from training import TrainingConfig, TrainingSettings
 
 # JSON has no NaN or infinity, but Python's parser accepts them; a model cannot act on them either.
@@ -96,6 +96,9 @@ class JobSummary(JobBrief):
 
 class JobList(BaseModel):
     jobs: list[JobSummary]
+    # Only in answers to a paged or filtered request: the unparameterised call keeps the document's shape.
+    total: int | None = Field(None, description="Jobs that pass the filters, on all pages")
+    next_cursor: str | None = Field(None, description="Pass as cursor for the next page; absent on the last")
 
 
 class JobStatus(JobSummary):
@@ -210,6 +213,17 @@ class ModelSummary(BaseModel):
 
 class ModelList(BaseModel):
     models: list[ModelSummary]
+    total: int | None = Field(None, description="Models that pass the filters (paged or filtered requests only)")
+    next_offset: int | None = Field(None, description="Pass as offset for the next page; absent on the last")
+
+
+# One evaluation kept with a model: the fields of records.EvaluationRecord but the model's name.
+EvaluationInfo = create_model(
+    "EvaluationInfo",
+    __doc__="One POST /models/{name}/evaluate, as kept with the model.",
+    __config__=ConfigDict(from_attributes=True),
+    **{kept.name: (kept.type, ...) for kept in fields(EvaluationRecord) if kept.name != "model_name"},
+)
 
 
 class ModelInfo(ModelSummary):
@@ -219,6 +233,9 @@ class ModelInfo(ModelSummary):
     hyperparameters: dict[str, Any] = Field(description="The training job's settings")
     metrics: dict[str, float] = Field(description="The training job's last metrics")
     timesteps: int | None = Field(None, description="Environment steps the model was trained for")
+    evaluations: list[EvaluationInfo] = Field(
+        default_factory=list, description="Every POST /models/{name}/evaluate of this model, newest first"
+    )
 
 
 class DeleteResponse(BaseModel):

@@ -14,6 +14,7 @@ import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -26,7 +27,16 @@ from gymnasium import spaces
 from artifacts import TrainedModel, load_trained, save_trained
 from errors import InvalidName, ModelNotFound, ModelUnreadable
 from grpo import GRPO
-from records import METRIC_LOGGER_KEYS, MODEL_NAME_PATTERN, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
+from records import (
+    METRIC_LOGGER_KEYS,
+    MODEL_NAME_PATTERN,
+    EvaluationRecord,
+    JobRecord,
+    JobState,
+    MetricPoint,
+    ModelRecord,
+    utcnow,
+)
 
 logger = logging.getLogger("grpo.store")
 
@@ -101,6 +111,29 @@ CREATE TABLE IF NOT EXISTS metrics (
 );
 """
 )
+# Tables added after the first release: created where missing, like the columns of Database.__init__.
+_LATER_SCHEMA = """
+CREATE TABLE IF NOT EXISTS evaluations (
+    model_name TEXT NOT NULL,
+    env_name TEXT NOT NULL,
+    n_episodes INTEGER NOT NULL,
+    seed INTEGER,
+    deterministic INTEGER NOT NULL,
+    mean_return REAL NOT NULL,
+    std_return REAL NOT NULL,
+    mean_length REAL NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS evaluations_by_model ON evaluations (model_name, created_at);
+CREATE TABLE IF NOT EXISTS study_trials (
+    study_id TEXT NOT NULL,
+    trial_number INTEGER NOT NULL,
+    job_id TEXT NOT NULL,
+    PRIMARY KEY (study_id, trial_number)
+);
+CREATE INDEX IF NOT EXISTS study_trials_by_job ON study_trials (job_id);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs (status);
+"""
 _JSON_COLUMNS = {"config", "metrics", "observation_space", "action_space", "hyperparameters"}
 _TIME_COLUMNS = {"created_at", "start_time", "end_time"}
 
@@ -147,6 +180,7 @@ class Database:
             columns = {row["name"] for row in self._conn.execute("PRAGMA table_info(jobs)")}
             if "checkpoint_timesteps" not in columns:  # a database made before checkpoints
                 self._conn.execute("ALTER TABLE jobs ADD COLUMN checkpoint_timesteps INTEGER")
+            self._conn.executescript(_LATER_SCHEMA)
 
     def close(self) -> None:
         with self._lock:
@@ -197,6 +231,25 @@ class Database:
         rows = self._read("SELECT status, COUNT(*) AS count FROM jobs GROUP BY status")
         return {row["status"]: row["count"] for row in rows}
 
+    def page_jobs(
+        self, filters: "JobFilters", limit: int | None, offset: int = 0
+    ) -> tuple[list[JobRecord], int, int | None]:
+        """One page of the jobs that pass ``filters`` (after ``filters.after``, the cursor, when given) in the order
+        submitted (newest first with ``filters.newest_first``), how many pass the filters in all, and the position
+        of the page's last job (the next page's cursor)."""
+        where, params = filters.sql()
+        total = self._read(f"SELECT count(*) AS n FROM jobs WHERE {where}", params)[0]["n"]
+        order = "DESC" if filters.newest_first else "ASC"
+        if filters.after is not None:
+            where += f" AND rowid {'<' if filters.newest_first else '>'} ?"
+            params = (*params, filters.after)
+        sql = f"SELECT rowid AS _rowid, * FROM jobs WHERE {where} ORDER BY rowid {order} LIMIT ? OFFSET ?"
+        rows = self._read(sql, (*params, -1 if limit is None else limit, offset))
+        last = rows[-1]["_rowid"] if rows else None
+        for row in rows:
+            del row["_rowid"]
+        return [_job(row) for row in rows], total, last
+
     def interrupt_unfinished(self, message: str) -> int:
         """Mark the jobs a previous run left queued or running as interrupted, back at their last checkpoint (what
         a resume continues from); returns how many."""
@@ -245,6 +298,56 @@ class Database:
 
     def delete_model(self, name: str) -> None:
         self._write("DELETE FROM models WHERE name = ?", (name,))
+        self._write("DELETE FROM evaluations WHERE model_name = ?", (name,))
+
+    # studies' trials, each a job
+
+    def add_study_trial(self, study_id: str, trial_number: int, job_id: str) -> None:
+        self._write("INSERT OR REPLACE INTO study_trials VALUES (?, ?, ?)", (study_id, trial_number, job_id))
+
+    def study_job_ids(self, study_id: str) -> list[str]:
+        """The job of each trial of a study, by trial number."""
+        rows = self._read("SELECT job_id FROM study_trials WHERE study_id = ? ORDER BY trial_number", (study_id,))
+        return [row["job_id"] for row in rows]
+
+    # evaluations kept with a model
+
+    def add_evaluation(self, evaluation: EvaluationRecord) -> None:
+        self._insert("evaluations", vars(evaluation))
+
+    def list_evaluations(self, model_name: str) -> list[EvaluationRecord]:
+        """A model's evaluations, newest first."""
+        rows = self._read("SELECT * FROM evaluations WHERE model_name = ? ORDER BY created_at DESC", (model_name,))
+        return [EvaluationRecord(**{**row, "deterministic": bool(row["deterministic"])}) for row in rows]
+
+
+@dataclass
+class JobFilters:
+    """What GET /training/jobs narrows its list by; None: no narrowing."""
+
+    statuses: list[str] | None = None
+    env_name: str | None = None
+    model_name: str | None = None  # a part of the name
+    study_id: str | None = None
+    after: int | None = None  # the cursor: the position (rowid) of the last job of the previous page
+    newest_first: bool = False
+
+    def sql(self) -> tuple[str, tuple[Any, ...]]:
+        clauses, params = ["1"], []
+        if self.statuses:
+            clauses.append(f"status IN ({', '.join('?' for _ in self.statuses)})")
+            params += self.statuses
+        if self.env_name:
+            clauses.append("env_name = ?")
+            params.append(self.env_name)
+        if self.model_name:
+            escaped = self.model_name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            clauses.append("model_name LIKE ? ESCAPE '\\'")
+            params.append(f"%{escaped}%")
+        if self.study_id:
+            clauses.append("job_id IN (SELECT job_id FROM study_trials WHERE study_id = ?)")
+            params.append(self.study_id)
+        return " AND ".join(clauses), tuple(params)
 
 
 def _job(row: dict[str, Any]) -> JobRecord:
@@ -362,13 +465,15 @@ class ModelStore:
         """Drop what a save cut short by a crash left behind."""
         remove_temporary_files(self.models_dir)
 
-    def save(self, model: GRPO, record: ModelRecord) -> ModelRecord:
-        """Write ``model`` under ``record.name`` atomically, then record its metadata."""
+    def save(self, model: GRPO | TrainedModel, record: ModelRecord) -> ModelRecord:
+        """Write ``model`` (a trained one, or one loaded with its statistics) under ``record.name`` atomically, then
+        record its metadata."""
         final = self.path_for(record.name)
         save_atomically(model, final)
+        spaces_of = model.model if isinstance(model, TrainedModel) else model
         record.size_bytes = final.stat().st_size
-        record.observation_space = describe_space(model.observation_space)
-        record.action_space = describe_space(model.action_space)
+        record.observation_space = describe_space(spaces_of.observation_space)
+        record.action_space = describe_space(spaces_of.action_space)
         self.db.put_model(record)
         # A model saved over an older one of the same name must not be served from the stale cache entry.
         self.cache.discard(record.name)
@@ -445,7 +550,7 @@ class ModelStore:
         logger.info("model %s deleted", name)
 
 
-def save_atomically(model: GRPO, final: Path) -> None:
+def save_atomically(model: GRPO | TrainedModel, final: Path) -> None:
     """Write ``model`` (with its VecNormalize statistics, if it trains under them) to ``final`` so that a crash
     leaves either the old file or the new one, never half of one: into a hidden temporary file beside it, flushed
     to disk, then renamed over it."""

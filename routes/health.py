@@ -42,6 +42,8 @@ async def root() -> RootResponse:
             "export": "GET /models/{model_name}/export?format=onnx",
             "metrics": "GET /metrics",
             "evaluate": "POST /models/{model_name}/evaluate",
+            "replay": "GET /models/{model_name}/replay",
+            "studies": "POST /studies",
             "delete": "DELETE /models/{model_name}",
             "reward_functions": "GET /reward-functions",
             "docs": "GET /docs",

@@ -3,16 +3,26 @@
 from typing import Annotated, Literal, TypeVar
 
 import numpy as np
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Query, Request, Response
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
 
 from errors import InvalidEvaluation, ModelNotExportable
 from export import ExportUnsupported, export_onnx
-from records import ModelRecord
+from records import EvaluationRecord, ModelRecord, utcnow
 from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
+from routes.listing import ModelListQuery, models_page
+from routes.replays import get_replays
 from routes.responses import CHANGES_STATE, error_responses
-from schemas import DeleteResponse, EvaluateRequest, EvaluateResponse, ModelInfo, ModelList, ModelSummary
+from schemas import (
+    DeleteResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    EvaluationInfo,
+    ModelInfo,
+    ModelList,
+    ModelSummary,
+)
 from store import ModelStore
 from training import environment_spaces
 
@@ -27,14 +37,27 @@ def _described(response_model: type[Summary], record: ModelRecord, store: ModelS
     )
 
 
-@router.get("/models", response_model=ModelList)
-def list_models(store: StoreDep) -> ModelList:
-    return ModelList(models=[_described(ModelSummary, record, store) for record in store.list()])
+@router.get("/models", response_model=ModelList, response_model_exclude_none=True)
+def list_models(store: StoreDep, query: Annotated[ModelListQuery, Query()]) -> ModelList:
+    """Every model; with ``limit``/``offset`` one page, with filters (env, a part of the name, study) only those
+    that pass, the answer then also giving ``total`` and ``next_offset``."""
+    if query.is_plain():
+        return ModelList(models=[_described(ModelSummary, record, store) for record in store.list()])
+    study_jobs = set(store.db.study_job_ids(query.study)) if query.study else None
+    page, total = models_page(store.list(), query, study_jobs)
+    end = query.offset + len(page)
+    return ModelList(
+        models=[_described(ModelSummary, record, store) for record in page],
+        total=total,
+        next_offset=end if end < total else None,
+    )
 
 
 @router.get("/models/{model_name}", response_model=ModelInfo, responses=error_responses(404, 500))
 def model_info(model_name: ModelNameParam, store: StoreDep) -> ModelInfo:
-    return _described(ModelInfo, store.info(model_name), store)
+    info = _described(ModelInfo, store.info(model_name), store)
+    info.evaluations = [EvaluationInfo.model_validate(kept) for kept in store.db.list_evaluations(model_name)]
+    return info
 
 
 @router.get(
@@ -116,6 +139,19 @@ def evaluate_model(
         )
     finally:
         env.close()
+    store.db.add_evaluation(
+        EvaluationRecord(
+            model_name=model_name,
+            env_name=env_name,
+            n_episodes=request.n_episodes,
+            seed=request.seed,
+            deterministic=request.deterministic,
+            mean_return=float(np.mean(returns)),
+            std_return=float(np.std(returns)),
+            mean_length=float(np.mean(lengths)),
+            created_at=utcnow(),
+        )
+    )
     return EvaluateResponse(
         model_name=model_name,
         env_name=env_name,
@@ -130,7 +166,8 @@ def evaluate_model(
 @router.delete(
     "/models/{model_name}", response_model=DeleteResponse, responses=error_responses(404, 409, *CHANGES_STATE)
 )
-def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep) -> DeleteResponse:
+def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep, request: Request) -> DeleteResponse:
     runner.ensure_not_training(model_name)
     store.delete(model_name)
+    get_replays(request).forget(model_name)
     return DeleteResponse(message=f"Model {model_name} deleted", model_name=model_name)

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from jobs import JobRunner
 from records import JobState
 from routes.dependencies import RunnerDep
+from routes.listing import JobListQuery, jobs_page
 from routes.responses import CHANGES_STATE, error_responses
 from schemas import (
     JobList,
@@ -78,9 +79,13 @@ def train(
     return TrainResponse(job_id=record.job_id, message=message, config=config)
 
 
-@router.get("/training/jobs", response_model=JobList)
-def list_jobs(runner: RunnerDep) -> JobList:
-    return JobList(jobs=[JobSummary.model_validate(record) for record in runner.list()])
+@router.get("/training/jobs", response_model=JobList, response_model_exclude_none=True, responses=error_responses(400))
+def list_jobs(runner: RunnerDep, query: Annotated[JobListQuery, Query()]) -> JobList:
+    """Every job in the order submitted; with ``limit`` (and ``cursor`` or ``offset``) one page of them, and with
+    filters only the jobs that pass them, the answer then also giving ``total`` and ``next_cursor``."""
+    if query.is_plain():
+        return JobList(jobs=[JobSummary.model_validate(record) for record in runner.list()])
+    return jobs_page(runner, query)
 
 
 @router.get("/training/{job_id}/status", response_model=JobStatus, responses=error_responses(404))

@@ -5,7 +5,8 @@ const ACTIVE = new Set(["queued", "running"]);
 const RESUMABLE = new Set(["interrupted", "stopped", "failed"]);
 const JOBS_POLL_MS = 1000;
 const $ = (selector) => document.querySelector(selector);
-const state = { jobs: new Map(), selectedJob: null, stream: null, charts: null, points: [] };
+const JOBS_PAGE = 25;
+const state = { jobs: new Map(), selectedJob: null, stream: null, charts: null, points: [], jobsOffset: 0, jobsTotal: 0 };
 
 // requests: every one carries the API key when one is set
 
@@ -93,9 +94,13 @@ function jobRow(job) {
   if (RESUMABLE.has(job.status)) {
     actions.append(element("button", { class: "small", onclick: () => resumeJob(job.job_id) }, "resume"));
   }
+  const tick = element("input", { type: "checkbox", class: "compare-tick", "aria-label": "compare" });
+  tick.checked = compareSelection().includes(job.job_id);
+  tick.addEventListener("change", () => toggleCompare(job.job_id, tick.checked));
   const row = element(
     "tr",
     { "data-job-id": job.job_id, "data-status": job.status },
+    element("td", {}, tick),
     element("td", { title: job.job_id }, job.job_id.slice(0, 8)),
     element("td", {}, job.model_name),
     element("td", {}, job.env_name),
@@ -114,9 +119,41 @@ function renderJobs() {
   body.replaceChildren(...jobs.map(jobRow));
 }
 
+// One page of the jobs, newest first, as the filters above the table narrow them.
+function jobsQuery() {
+  const params = new URLSearchParams({ limit: String(JOBS_PAGE), offset: String(state.jobsOffset), order: "newest" });
+  for (const [name, value] of new FormData($("#jobs-filter")).entries()) {
+    if (String(value).trim()) params.set(name, String(value).trim());
+  }
+  return params;
+}
+
+function renderPager() {
+  const first = state.jobsTotal ? state.jobsOffset + 1 : 0;
+  const last = Math.min(state.jobsOffset + JOBS_PAGE, state.jobsTotal);
+  $("#jobs-count").textContent = `(${first}–${last} of ${state.jobsTotal})`;
+  $("#jobs-prev").disabled = state.jobsOffset === 0;
+  $("#jobs-next").disabled = last >= state.jobsTotal;
+}
+
+function pageJobs(step) {
+  state.jobsOffset = Math.max(0, state.jobsOffset + step * JOBS_PAGE);
+  refreshJobs();
+}
+
+$("#jobs-prev").addEventListener("click", () => pageJobs(-1));
+$("#jobs-next").addEventListener("click", () => pageJobs(1));
+$("#jobs-filter").addEventListener("input", () => {
+  state.jobsOffset = 0;
+  refreshJobs();
+});
+$("#jobs-filter").addEventListener("submit", (event) => event.preventDefault());
+
 async function refreshJobs() {
   try {
-    const { jobs } = await api("GET", "/training/jobs");
+    const { jobs, total } = await api("GET", `/training/jobs?${jobsQuery()}`);
+    state.jobsTotal = total;
+    renderPager();
     const finishedNow = jobs.some((job) => ACTIVE.has(state.jobs.get(job.job_id)?.status) && !ACTIVE.has(job.status));
     // A poll answered just after a newer stream event must not move a bar back.
     for (const job of jobs) {
@@ -361,6 +398,7 @@ function showModel(model) {
   const info = $("#model-info");
   info.hidden = false;
   showResult(info, JSON.stringify(model, null, 2), false);
+  showModelExtras(model);
 }
 
 function tryModel(name) {
