@@ -12,8 +12,8 @@ import os
 import time
 from pathlib import Path
 
+from browser import DevTools
 from harness import REPO, TINY, Server
-from test_dashboard import DevTools, browser  # noqa: F401  (the fixture)
 
 
 def _open(page: DevTools, url: str) -> None:
@@ -21,7 +21,7 @@ def _open(page: DevTools, url: str) -> None:
     page.wait_for("document.readyState === 'complete' && typeof renderCompare === 'function'", 30, "the page")
 
 
-def test_two_jobs_overlaid_with_the_differing_setting_named(browser: DevTools, server: Server, tmp_path: Path) -> None:  # noqa: F811
+def test_two_jobs_overlaid_with_the_differing_setting_named(browser: DevTools, server: Server, tmp_path: Path) -> None:
     jobs = []
     for rate in (1e-3, 3e-4):
         body = {**TINY, "total_timesteps": 1500, "learning_rate": rate, "seed": 1, "model_name": f"lr_{rate:g}"}
@@ -86,7 +86,7 @@ def test_two_jobs_overlaid_with_the_differing_setting_named(browser: DevTools, s
     assert targets[0].stat().st_size > 5_000
 
 
-def test_the_studies_panel_charts_trial_values(browser: DevTools, server: Server) -> None:  # noqa: F811
+def test_the_studies_panel_charts_trial_values(browser: DevTools, server: Server) -> None:
     from test_studies import study_body
 
     answer = server.post("/studies", study_body(n_trials=2, total_timesteps=128, report_interval=64))
@@ -112,7 +112,7 @@ def test_the_studies_panel_charts_trial_values(browser: DevTools, server: Server
     assert browser.evaluate("document.querySelector('#study-preset').textContent").startswith("CartPole-v1:")
 
 
-def test_a_models_details_show_its_replay_and_kept_evaluations(browser: DevTools, server: Server) -> None:  # noqa: F811
+def test_a_models_details_show_its_replay_and_kept_evaluations(browser: DevTools, server: Server) -> None:
     response = server.post("/train", {**TINY, "total_timesteps": 256, "model_name": "watched"})
     assert server.wait_for_job(response.json()["job_id"])["status"] == "completed"
     server.post("/models/watched/evaluate", {"n_episodes": 2, "seed": 5})
