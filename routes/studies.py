@@ -8,7 +8,7 @@ from fastapi import APIRouter, Body, Path, Request
 from optuna.trial import TrialState
 from pydantic import BaseModel, Field
 
-from routes.responses import error_responses
+from routes.responses import CHANGES_STATE, error_responses
 from studies import StudyManager, StudyRequest, preset_yaml, trial_view
 
 router = APIRouter(tags=["studies"])
@@ -95,7 +95,7 @@ def _summary(study_id: str, attrs: dict[str, Any], trials: list[optuna.trial.Fro
     }
 
 
-@router.post("/studies", response_model=StudyCreated, responses=error_responses(400, 409))
+@router.post("/studies", response_model=StudyCreated, responses=error_responses(400, 409, *CHANGES_STATE))
 def create_study(request: Request, body: Annotated[StudyRequest | None, Body()] = None) -> StudyCreated:
     studies = get_studies(request)
     study_id = studies.create(body or StudyRequest())
@@ -136,7 +136,9 @@ def get_study(study_id: StudyId, request: Request) -> StudyDetail:
     )
 
 
-@router.post("/studies/{study_id}/stop", response_model=StudyAction, responses=error_responses(404, 409))
+@router.post(
+    "/studies/{study_id}/stop", response_model=StudyAction, responses=error_responses(404, 409, *CHANGES_STATE)
+)
 def stop_study(study_id: StudyId, request: Request) -> StudyAction:
     """Stop a running study: its running trials' jobs are stopped and the trials marked failed ('stopped')."""
     studies = get_studies(request)
@@ -144,7 +146,9 @@ def stop_study(study_id: StudyId, request: Request) -> StudyAction:
     return StudyAction(study_id=study_id, status=studies.get(study_id).user_attrs["status"], message="Study stopped")
 
 
-@router.post("/studies/{study_id}/resume", response_model=StudyAction, responses=error_responses(404, 409))
+@router.post(
+    "/studies/{study_id}/resume", response_model=StudyAction, responses=error_responses(404, 409, *CHANGES_STATE)
+)
 def resume_study(study_id: StudyId, request: Request) -> StudyAction:
     """Go on with a stopped or interrupted study: new trials until n_trials have completed or been pruned."""
     studies = get_studies(request)

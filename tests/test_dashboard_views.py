@@ -89,7 +89,7 @@ def test_two_jobs_overlaid_with_the_differing_setting_named(browser: DevTools, s
 def test_the_studies_panel_charts_trial_values(browser: DevTools, server: Server) -> None:
     from test_studies import study_body
 
-    answer = server.post("/studies", study_body(n_trials=2, total_timesteps=128, report_interval=64))
+    answer = server.post("/studies", study_body(n_trials=2, total_timesteps=384, report_interval=128))
     assert answer.status_code == 200, answer.text
     study_id = answer.json()["study_id"]
     deadline = time.monotonic() + 120

@@ -26,11 +26,11 @@ def test_evaluations_are_kept_with_the_model(client: TestClient, settings: Setti
 
 def test_kept_evaluations_survive_a_restart_and_go_with_the_model(settings: Settings) -> None:
     with TestClient(create_app(settings)) as client:
-        job = train(client, model_name="kept", total_timesteps=128)
+        job = train(client, model_name="kept", total_timesteps=512)
         wait_for_job(client, job)
         client.post("/models/kept/evaluate", json={"n_episodes": 1, "seed": 1})
     with TestClient(create_app(settings)) as client:
         assert [e["seed"] for e in client.get("/models/kept").json()["evaluations"]] == [1]
         client.delete("/models/kept")
-        wait_for_job(client, train(client, model_name="kept", total_timesteps=128))
+        wait_for_job(client, train(client, model_name="kept", total_timesteps=512))
         assert client.get("/models/kept").json()["evaluations"] == []

@@ -127,7 +127,7 @@ def test_a_bad_cursor_is_a_400(crowded: tuple[TestClient, list[str]]) -> None:
 
 def test_models_page_and_filter(client: TestClient, settings: Settings) -> None:
     for name in ("alpha_1", "alpha_2", "beta_1"):
-        wait_for_job(client, train(client, model_name=name, total_timesteps=64))
+        wait_for_job(client, train(client, model_name=name, total_timesteps=512))
     assert list(client.get("/models").json()) == ["models"]
     first = client.get("/models", params={"limit": 2}).json()
     assert [m["name"] for m in first["models"]] == ["alpha_1", "alpha_2"]

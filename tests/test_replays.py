@@ -77,7 +77,7 @@ def test_an_environment_that_cannot_draw_is_a_400(service: TestClient) -> None:
 
 
 def test_a_deleted_models_replays_go_with_it(client: TestClient, settings: Settings) -> None:
-    assert wait_for_job(client, train(client, model_name="brief", total_timesteps=64))["status"] == "completed"
+    assert wait_for_job(client, train(client, model_name="brief", total_timesteps=512))["status"] == "completed"
     assert client.get("/models/brief/replay", params={"max_frames": 5}).status_code == 200
     kept = settings.models_dir / "replays" / "brief"
     assert any(kept.iterdir())

@@ -178,7 +178,7 @@ def test_a_study_whose_trials_all_fail_ends_failed(client: TestClient) -> None:
 
 
 def test_the_best_models_name_must_be_free(client: TestClient) -> None:
-    wait_for_job(client, train(client, model_name="taken", total_timesteps=64))
+    wait_for_job(client, train(client, model_name="taken", total_timesteps=512))
     response = client.post("/studies", json=study_body(model_name="taken"))
     assert response.status_code == 409 and "taken" in response.json()["detail"]
 
