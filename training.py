@@ -360,7 +360,7 @@ def probe_environment(
 
 def default_group_size() -> int:
     """GRPO's own group size, for requests that leave it open."""
-    return inspect.signature(GRPO.__init__).parameters["group_size"].default
+    return _grpo_defaults()["group_size"]
 
 
 def rollout_bytes_per_step(probe: EnvironmentProbe, reward_function: str) -> int:
