@@ -5,10 +5,11 @@ Flags override the ``GRPO_*`` environment variables, which override the defaults
 
 import argparse
 import logging
+import sys
 
 import uvicorn
 
-from api import create_app
+from data_lock import DataFolderInUse, DataLocks
 from settings import LogLevel, Settings
 
 
@@ -28,6 +29,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--ray-address", dest="ray_address", help="Ray cluster to train on (default: start a local Ray)"
     )
     parser.add_argument("--api-key", dest="api_key", help="require this X-API-Key on every request (default: none)")
+    parser.add_argument("--api-keys-file", dest="api_keys_file", help="keys with scopes, '<id> <scope> <key>' a line")
+    parser.add_argument("--ssl-certfile", dest="ssl_certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", dest="ssl_keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument("--security-log", dest="security_log", help="append security events here (JSON lines)")
     parser.add_argument("--log-level", dest="log_level", choices=LogLevel.__args__, help="default info")
     return parser.parse_args(argv)
 
@@ -36,7 +41,26 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = Settings(**{key: value for key, value in vars(args).items() if value is not None})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    locks = DataLocks(settings)
+    try:
+        # Before anything is opened: a second server on the same folder leaves it untouched and says who has it.
+        locks.acquire()
+    except DataFolderInUse as error:
+        sys.exit(f"run_api.py: {error}")
+    # Imported once the folder is ours: torch and SB3 take seconds to load, and a refused server should not wait.
+    from api import create_app
+
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+        )
+    finally:
+        locks.release()
 
 
 if __name__ == "__main__":

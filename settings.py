@@ -1,13 +1,31 @@
 """Configuration of the training and serving service: one class, read once, injected everywhere."""
 
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+# A rate in the `limits` package's notation: "100/second", "1000 per minute", "10/second;300/minute" (several at once).
+RATE_EXAMPLE = "100/second"
+
+
+class Scope(str, Enum):
+    """What a key opens: ``inference`` asks for actions and reads models and jobs; ``admin`` does everything."""
+
+    INFERENCE = "inference"
+    ADMIN = "admin"
+
+
+class ApiKey(BaseModel):
+    """One client's key; ``id`` names it in logs, where the key itself never appears."""
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    scope: Scope
+    key: SecretStr = Field(min_length=1)
 
 
 class Settings(BaseSettings):
@@ -71,17 +89,55 @@ class Settings(BaseSettings):
     ray_address: str = Field(
         "", description="Ray cluster to connect to, e.g. '10.0.0.5:6379' (empty: start a local Ray in the service)"
     )
-    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (None: all of this machine's)")
+    ray_num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray (None: this machine's less ray_server_cpus, at least one)"
+    )
+    ray_server_cpus: int = Field(
+        1,
+        ge=0,
+        description="CPUs a local Ray leaves to the server, so that it answers quickly while jobs train (0: none)",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="When set, every endpoint but /health, /ready and the docs requires it in the X-API-Key header",
     )
+
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='Keys with scopes, e.g. [{"id": "web", "scope": "inference", "key": "..."}]; api_key, when set, '
+        "is one more, an admin key with the id 'default'",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of keys, one '<id> <scope> <key>' a line ('#' starts a comment), read at start-up"
+    )
+    rate_limit_inference: str = Field(
+        "200/second",
+        description="Requests to POST /inference one key (or one client address, without keys) may make, in the "
+        f"`limits` package's notation, e.g. '{RATE_EXAMPLE}' (empty: no limit)",
+    )
+    rate_limit_management: str = Field(
+        "50/second",
+        description="Requests to every other keyed route one key (or client address) may make (empty: no limit)",
+    )
+    security_log: Path | None = Field(
+        None,
+        description="File that security events (401, 403, 413, 429, refused names) are appended to as JSON lines "
+        "(None: the server's own log, under the logger 'grpo.security')",
+    )
+    ssl_certfile: Path | None = Field(None, description="Certificate (PEM) to serve HTTPS with; with ssl_keyfile")
+    ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of ssl_certfile")
 
     @field_validator("api_key", mode="before")
     @classmethod
     def _blank_key_means_none(cls, value: object) -> object:
         # `GRPO_API_KEY=` in a shell or compose file means "no key", not "a key nobody can send".
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _certificate_and_key_together(self) -> "Settings":
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile")
+        return self
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
