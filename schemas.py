@@ -3,38 +3,15 @@
 The fields, defaults and names of the API document are kept as they are; everything added is optional.
 """
 
+from dataclasses import fields
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-from grpo import ADVANTAGE_MODES, SCALE_REWARDS
-from store import MODEL_NAME_PATTERN, JobState
+from records import JobState, MetricPoint, ModelName
+from training import TrainingConfig, TrainingSettings
 
-# The request fields that go to GRPO's constructor as they are, when given.
-GRPO_ARGUMENTS = frozenset(
-    {
-        "group_size",
-        "advantage",
-        "scale_rewards",
-        "gamma",
-        "clip_range",
-        "clip_range_high",
-        "beta",
-        "ent_coef",
-        "max_grad_norm",
-        "target_kl",
-    }
-)
-
-ModelName = Annotated[
-    str,
-    Field(
-        pattern=MODEL_NAME_PATTERN,
-        description="Letters, digits, '_', '.', '-'; starts with a letter or digit; at most 64 characters",
-        examples=["my_model"],
-    ),
-]
 # JSON has no NaN or infinity, but Python's parser accepts them; a model cannot act on them either.
 Number = Annotated[float, Field(allow_inf_nan=False)]
 # One observation: a scalar (Discrete spaces) or a nested array (Box spaces, up to images with channels).
@@ -91,72 +68,8 @@ class ReadinessResponse(BaseModel):
 # training
 
 
-class TrainRequest(StrictModel):
+class TrainRequest(TrainingSettings):
     """A training job. Every field is optional; the first eight are the API document's, with its defaults."""
-
-    env_name: str = Field("CartPole-v1", min_length=1, max_length=200, description="Gymnasium environment id")
-    total_timesteps: int = Field(10_000, ge=1, description="Environment steps to train for (the server caps it)")
-    learning_rate: float = Field(3e-4, gt=0, le=1)
-    n_steps: int = Field(32, ge=1, le=100_000, description="Steps per environment per rollout")
-    batch_size: int = Field(64, ge=2, le=1_000_000)
-    n_epochs: int = Field(10, ge=1, le=1_000)
-    reward_function_type: str = Field(
-        "optimized_cartpole",
-        max_length=100,
-        description="A name from GET /reward-functions; 'env' is the environment's own reward. "
-        "Omitted: 'optimized_cartpole' for CartPole, 'env' for other environments",
-    )
-    model_name: ModelName | None = Field(None, description="Name to save the model under (default: generated)")
-    # GRPO's constructor arguments beyond the document's: null (the default) keeps GRPO's own default.
-    group_size: int | None = Field(None, ge=2, le=1_024, description="Episodes per group compared with each other")
-    advantage: Literal[ADVANTAGE_MODES] | None = Field(  # type: ignore[valid-type]
-        None, description="How rewards become advantages (see grpo.GRPO)"
-    )
-    scale_rewards: Literal[SCALE_REWARDS] | None = Field(  # type: ignore[valid-type]
-        None, description="Divide advantages by the std of the group (DeepSeekMath), the batch, or none (Dr. GRPO)"
-    )
-    gamma: float | None = Field(None, ge=0, le=1)
-    clip_range: float | None = Field(None, gt=0, le=1)
-    clip_range_high: float | None = Field(None, gt=0, le=1, description="DAPO's upper clip (null: clip_range)")
-    beta: float | None = Field(None, ge=0, le=10, description="Weight of the KL penalty to the reference policy")
-    ent_coef: float | None = Field(None, ge=0, le=1)
-    max_grad_norm: float | None = Field(None, gt=0, le=1_000)
-    target_kl: float | None = Field(None, gt=0, le=10)
-    n_envs: int = Field(1, ge=1, le=64, description="Environments stepped side by side")
-    vec_env: Literal["dummy", "subproc"] = Field(
-        "dummy",
-        description="'dummy': the environments step in turn in the job's process; 'subproc': each in a process of "
-        "its own, so one job uses several cores (worth it when an environment step is slow)",
-    )
-    num_cpus: float | None = Field(
-        None,
-        gt=0,
-        le=1_024,
-        description="Ray executor: CPUs the job's actor reserves (default: n_envs for 'subproc', else 1)",
-    )
-    num_gpus: float | None = Field(
-        None, ge=0, le=64, description="Ray executor: GPUs the job's actor reserves; above 0 it trains on CUDA"
-    )
-    seed: int | None = Field(None, ge=0, le=2**32 - 1)
-    net_arch: list[Annotated[int, Field(ge=1, le=4_096)]] | None = Field(
-        None, max_length=8, description="Hidden layer sizes of the policy (default: SB3's [64, 64])"
-    )
-    overwrite: bool = Field(False, description="Replace an existing model of the same name")
-    checkpoint_interval: int | None = Field(
-        None,
-        ge=1,
-        le=10_000_000,
-        description="Timesteps between the job's checkpoints, which a resume continues from (default: the server's)",
-    )
-
-
-class TrainingConfig(TrainRequest):
-    """The settings a job runs with: the request with every default filled in."""
-
-    reward_function_type: str
-    model_name: ModelName
-    # A record from before checkpoints has none: such a job checkpoints only when it stops.
-    checkpoint_interval: int = Field(0, ge=0, description="Timesteps between checkpoints (0: only when it stops)")
 
 
 class TrainResponse(BaseModel):
@@ -165,10 +78,17 @@ class TrainResponse(BaseModel):
     config: TrainingConfig
 
 
-class JobSummary(BaseModel):
+class JobBrief(BaseModel):
+    """What every view of a job starts with; read from its record."""
+
+    model_config = ConfigDict(from_attributes=True)
+
     job_id: str
     status: JobState
     progress: float = Field(ge=0, le=1)
+
+
+class JobSummary(JobBrief):
     model_name: str
     env_name: str
     created_at: datetime
@@ -197,20 +117,16 @@ class JobStatus(JobSummary):
     config: dict[str, Any] = Field(description="The settings the job runs with (TrainingConfig)")
 
 
-class JobMetricPoint(BaseModel):
-    """One point of a job's learning curves: recorded at each rollout and when training ends."""
-
-    timesteps: int = Field(description="Environment steps trained when the point was taken")
-    wall_time_s: float = Field(description="Seconds since the job began training")
-    episode_return_mean: float | None = Field(description="rollout/ep_rew_mean: the environment's own return")
-    episode_length_mean: float | None = Field(description="rollout/ep_len_mean")
-    policy_gradient_loss: float | None = Field(description="train/policy_gradient_loss")
-    entropy_loss: float | None = Field(description="train/entropy_loss")
-    loss: float | None = Field(description="train/loss")
-    approx_kl: float | None = Field(description="train/approx_kl")
-    clip_fraction: float | None = Field(description="train/clip_fraction")
-    fps: float | None = Field(description="time/fps: environment steps per second")
-    frac_zero_std_groups: float | None = Field(description="rollout/frac_zero_std_groups: groups with no signal")
+# One point of a job's learning curves, with the fields and descriptions of records.MetricPoint.
+JobMetricPoint = create_model(
+    "JobMetricPoint",
+    __doc__="One point of a job's learning curves: recorded at each rollout and when training ends.",
+    __config__=ConfigDict(from_attributes=True),
+    **{
+        point_field.name: (point_field.type, Field(description=point_field.metadata["description"]))
+        for point_field in fields(MetricPoint)
+    },
+)
 
 
 class JobMetrics(BaseModel):
@@ -218,12 +134,9 @@ class JobMetrics(BaseModel):
     points: list[JobMetricPoint] = Field(description="Oldest first")
 
 
-class JobProgress(BaseModel):
+class JobProgress(JobBrief):
     """The data of a 'progress' event of GET /training/{job_id}/events."""
 
-    job_id: str
-    status: JobState
-    progress: float = Field(ge=0, le=1)
     current_timesteps: int
     total_timesteps: int
 

@@ -8,86 +8,32 @@ unchecked input.
 
 import json
 import logging
-import math
 import os
 import re
 import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 
+from errors import InvalidName, ModelNotFound, ModelUnreadable
 from grpo import GRPO
+from records import METRIC_LOGGER_KEYS, MODEL_NAME_PATTERN, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
 
 logger = logging.getLogger("grpo.store")
 
-MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _MODEL_NAME = re.compile(MODEL_NAME_PATTERN)
 MODEL_SUFFIX = ".zip"
 TEMPORARY_SUFFIX = f".tmp{MODEL_SUFFIX}"
 # Spaces with more bounds than this are described by shape only: the bounds would swamp the metadata.
 _MAX_DESCRIBED_BOUNDS = 64
-
-
-class ServiceError(Exception):
-    """A request the service understood but cannot carry out; the API maps each subclass to an HTTP code."""
-
-    # HTTP headers that go with the answer (e.g. Retry-After)
-    headers: ClassVar[dict[str, str]] = {}
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail)
-        self.detail = detail
-
-
-class InvalidName(ServiceError):
-    pass
-
-
-class ModelNotFound(ServiceError):
-    pass
-
-
-class ModelExists(ServiceError):
-    pass
-
-
-class ModelBusy(ServiceError):
-    pass
-
-
-class ModelUnreadable(ServiceError):
-    """A file in the models folder that GRPO.load cannot read: the store is damaged, not the request."""
-
-
-class JobState(str, Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    STOPPED = "stopped"
-    INTERRUPTED = "interrupted"
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-def finite_metrics(values: dict[str, Any]) -> dict[str, float]:
-    """Keep the numeric, finite entries: JSON has no NaN, and a NaN loss says nothing a client can use."""
-    kept = {}
-    for key, value in values.items():
-        if isinstance(value, (int, float, np.integer, np.floating)) and math.isfinite(float(value)):
-            kept[key] = float(value)
-    return kept
 
 
 def describe_space(space: spaces.Space) -> dict[str, Any]:
@@ -112,79 +58,8 @@ def check_model_name(name: str) -> str:
     return name
 
 
-@dataclass
-class JobRecord:
-    job_id: str
-    status: JobState
-    model_name: str
-    env_name: str
-    config: dict[str, Any]
-    total_timesteps: int
-    created_at: datetime
-    current_timesteps: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-    start_time: datetime | None = None
-    end_time: datetime | None = None
-    error_message: str | None = None
-    message: str | None = None
-    model_saved: bool = False
-    checkpoint_timesteps: int | None = None
-
-    @property
-    def progress(self) -> float:
-        return min(1.0, self.current_timesteps / self.total_timesteps) if self.total_timesteps else 0.0
-
-
-# The fields of a learning-curve point and the SB3 logger key each one is read from.
-METRIC_POINT_KEYS: dict[str, str] = {
-    "episode_return_mean": "rollout/ep_rew_mean",
-    "episode_length_mean": "rollout/ep_len_mean",
-    "policy_gradient_loss": "train/policy_gradient_loss",
-    "entropy_loss": "train/entropy_loss",
-    "loss": "train/loss",
-    "approx_kl": "train/approx_kl",
-    "clip_fraction": "train/clip_fraction",
-    "fps": "time/fps",
-    "frac_zero_std_groups": "rollout/frac_zero_std_groups",
-}
-
-
-@dataclass
-class MetricPoint:
-    """One point of a job's learning curves, taken at the start of each rollout and when training ends."""
-
-    timesteps: int
-    wall_time_s: float
-    episode_return_mean: float | None = None
-    episode_length_mean: float | None = None
-    policy_gradient_loss: float | None = None
-    entropy_loss: float | None = None
-    loss: float | None = None
-    approx_kl: float | None = None
-    clip_fraction: float | None = None
-    fps: float | None = None
-    frac_zero_std_groups: float | None = None
-
-    @classmethod
-    def from_metrics(cls, timesteps: int, wall_time_s: float, metrics: dict[str, float]) -> "MetricPoint":
-        return cls(timesteps, wall_time_s, **{name: metrics.get(key) for name, key in METRIC_POINT_KEYS.items()})
-
-
-@dataclass
-class ModelRecord:
-    name: str
-    size_bytes: int
-    created_at: datetime
-    env_name: str | None = None
-    job_id: str | None = None
-    observation_space: dict[str, Any] | None = None
-    action_space: dict[str, Any] | None = None
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, float] = field(default_factory=dict)
-    timesteps: int | None = None
-
-
-_SCHEMA = """
+_SCHEMA = (
+    """
 CREATE TABLE IF NOT EXISTS jobs (
     job_id TEXT PRIMARY KEY,
     status TEXT NOT NULL,
@@ -218,18 +93,13 @@ CREATE TABLE IF NOT EXISTS metrics (
     job_id TEXT NOT NULL,
     timesteps INTEGER NOT NULL,
     wall_time_s REAL NOT NULL,
-    episode_return_mean REAL,
-    episode_length_mean REAL,
-    policy_gradient_loss REAL,
-    entropy_loss REAL,
-    loss REAL,
-    approx_kl REAL,
-    clip_fraction REAL,
-    fps REAL,
-    frac_zero_std_groups REAL,
-    PRIMARY KEY (job_id, timesteps)
+"""
+    # one column per learning-curve value, as records.MetricPoint lists them
+    + "".join(f"    {name} REAL,\n" for name in METRIC_LOGGER_KEYS)
+    + """    PRIMARY KEY (job_id, timesteps)
 );
 """
+)
 _JSON_COLUMNS = {"config", "metrics", "observation_space", "action_space", "hyperparameters"}
 _TIME_COLUMNS = {"created_at", "start_time", "end_time"}
 

@@ -11,11 +11,9 @@ return of the model that the document's default ``POST /train {}`` produces.
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
-import socket
-import subprocess
+import signal
 import sys
 import tempfile
 import time
@@ -31,24 +29,27 @@ from stable_baselines3.common.env_util import make_vec_env
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from benchmarks.report import DEFAULT_MARKDOWN, write_section  # noqa: E402
+from benchmarks.report import DEFAULT_MARKDOWN, publish  # noqa: E402
 from grpo import GRPO  # noqa: E402
 from rewards import REWARD_FUNCTIONS  # noqa: E402
+from tests.harness import Server, free_port, start_job, wait_for_job  # noqa: E402
 
 OBSERVATION = [0.1, 0.0, 0.05, 0.0]
 BATCH = 256
 CONCURRENCY = (1, 16, 64)
 SPEED_ATTEMPTS = 3
+# Sparse polls: each costs the server a little of the CPU it trains on.
+SPARSE_POLLS = {"timeout": 600, "poll_s": 0.5}
 
 
-def serve(port: int, models_dir: str) -> None:
+def serve(port: int, models_dir: str, db_path: str) -> None:
     """The benchmark's server: the real app plus a bare echo route on the same uvicorn stack."""
     import uvicorn
 
     from api import create_app
     from settings import Settings
 
-    app = create_app(Settings(models_dir=Path(models_dir), port=port, max_concurrent_jobs=2))
+    app = create_app(Settings(models_dir=Path(models_dir), db_path=Path(db_path), port=port, max_concurrent_jobs=2))
 
     @app.post("/echo")
     async def echo(body: dict[str, Any]) -> dict[str, Any]:
@@ -121,28 +122,6 @@ def direct_training(steps: int, config: dict[str, Any], path: Path) -> float:
 # helpers
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_job(base: str, job_id: str, timeout: float = 600) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = httpx.get(f"{base}/training/{job_id}/status").json()
-        if status["status"] not in ("queued", "running"):
-            return status
-        time.sleep(0.5)  # sparse polls: each costs the server a little of the CPU it trains on
-    raise RuntimeError(f"job {job_id} did not finish")
-
-
-def train(base: str, **body: Any) -> dict[str, Any]:
-    response = httpx.post(f"{base}/train", json=body, timeout=60)
-    response.raise_for_status()
-    return response.json()
-
-
 def seconds(status: dict[str, Any]) -> float:
     start = datetime.fromisoformat(status["start_time"].replace("Z", "+00:00"))
     end = datetime.fromisoformat(status["end_time"].replace("Z", "+00:00"))
@@ -163,25 +142,14 @@ def run(duration: float, output: Path) -> str:
     th.set_num_threads(1)  # as the server does (Settings.torch_threads)
     load_before = os.getloadavg()[0]
     root = Path(tempfile.mkdtemp(prefix="grpo-bench-"))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(
-        [sys.executable, __file__, "serve", "--port", str(port), "--models-dir", str(root / "models")], cwd=REPO
-    )
+    server = Server(root, free_port(), command=[sys.executable, __file__, "serve"])
+    server.start()
+    base, client = server.base, server.http
     lines: list[str] = []
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            if time.monotonic() > deadline or server.poll() is not None:
-                raise RuntimeError("the benchmark server did not start")
-            time.sleep(0.2)
-
         print("training the served model ...", flush=True)
-        job = train(base, model_name="bench", total_timesteps=2048, seed=0)
-        assert wait_for_job(base, job["job_id"])["status"] == "completed"
+        job = start_job(client, {"model_name": "bench", "total_timesteps": 2048, "seed": 0})
+        assert wait_for_job(client, job["job_id"], **SPARSE_POLLS)["status"] == "completed"
         model = GRPO.load(root / "models" / "bench.zip", device="cpu")
 
         single = {"model_name": "bench", "observation": OBSERVATION}
@@ -208,11 +176,13 @@ def run(duration: float, output: Path) -> str:
                     table.append(row(f"`/{endpoint}`, {payload_name}", concurrency, result))
 
         print("inference while two jobs train ...", flush=True)
-        busy_jobs = [train(base, model_name=f"load{i}", total_timesteps=2_000_000)["job_id"] for i in range(2)]
+        busy_jobs = [
+            start_job(client, {"model_name": f"load{i}", "total_timesteps": 2_000_000})["job_id"] for i in range(2)
+        ]
         time.sleep(1.0)
         loaded = {c: asyncio.run(load(f"{base}/inference", single, c, duration)) for c in (1, 16)}
         for job_id in busy_jobs:
-            httpx.post(f"{base}/training/{job_id}/stop", timeout=60)
+            client.post(f"/training/{job_id}/stop", timeout=60)
         load_table = [
             "| concurrency | idle p50 ms | idle p99 ms | training p50 ms | training p99 ms | p99 ratio | requests/s |",
             "| --- | --- | --- | --- | --- | --- | --- |",
@@ -229,18 +199,17 @@ def run(duration: float, output: Path) -> str:
         steps = 10_000
         api_runs, direct_runs = [], []
         for attempt in range(SPEED_ATTEMPTS):  # alternated, best of each: the machine's noise hits both alike
-            status = wait_for_job(
-                base, train(base, model_name=f"speed{attempt}", total_timesteps=steps, **doc_config)["job_id"]
-            )
+            job = start_job(client, {"model_name": f"speed{attempt}", "total_timesteps": steps, **doc_config})
+            status = wait_for_job(client, job["job_id"], **SPARSE_POLLS)
             api_runs.append(status["current_timesteps"] / seconds(status))
             direct_runs.append(direct_training(steps, doc_config, root / f"direct{attempt}.zip"))
         api_sps, direct_sps = max(api_runs), max(direct_runs)
 
         print("quality of the default POST /train {} ...", flush=True)
-        default_job = train(base)
-        default_status = wait_for_job(base, default_job["job_id"])
-        evaluation = httpx.post(
-            f"{base}/models/{default_job['config']['model_name']}/evaluate",
+        default_job = start_job(client)
+        default_status = wait_for_job(client, default_job["job_id"], **SPARSE_POLLS)
+        evaluation = client.post(
+            f"/models/{default_job['config']['model_name']}/evaluate",
             json={"n_episodes": 20, "seed": 1},
             timeout=600,
         ).json()
@@ -297,12 +266,8 @@ def run(duration: float, output: Path) -> str:
             "",
         ]
     finally:
-        server.terminate()
-        server.wait(timeout=60)
-    text = "\n".join(lines)
-    write_section(output, "service", text)
-    print(text)
-    return text
+        server.stop(signal.SIGTERM)
+    return publish(output, "service", lines)
 
 
 def main() -> None:
@@ -311,13 +276,14 @@ def main() -> None:
     serve_parser = sub.add_parser("serve", help="(internal) run the benchmark's server")
     serve_parser.add_argument("--port", type=int, required=True)
     serve_parser.add_argument("--models-dir", required=True)
+    serve_parser.add_argument("--db", required=True)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds of requests per measurement")
     parser.add_argument(
         "--output", type=Path, default=DEFAULT_MARKDOWN, help="markdown file whose service section is rewritten"
     )
     args = parser.parse_args()
     if args.command == "serve":
-        serve(args.port, args.models_dir)
+        serve(args.port, args.models_dir, args.db)
     else:
         run(args.duration, args.output)
 

@@ -8,58 +8,57 @@ while they train.
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
-import subprocess
+import signal
 import sys
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from benchmarks.api import OBSERVATION, free_port, load, train, wait_for_job  # noqa: E402
-from benchmarks.report import DEFAULT_MARKDOWN, write_section  # noqa: E402
+from benchmarks.api import OBSERVATION, SPARSE_POLLS, load  # noqa: E402
+from benchmarks.report import DEFAULT_MARKDOWN, publish  # noqa: E402
+from tests.harness import Server, free_port, start_job, wait_for_job  # noqa: E402
 
 JOBS = 4
 CONCURRENCY = 4
 
 
 def measure(executor: str, timesteps: int, duration: float) -> dict[str, float]:
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     with tempfile.TemporaryDirectory() as folder:
-        command = [
-            *(sys.executable, "run_api.py", "--port", str(port), "--models-dir", folder),
-            *("--executor", executor, "--max-concurrent-jobs", str(JOBS), "--log-level", "warning"),
-        ]
-        server = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = Server(
+            Path(folder),
+            free_port(),
+            "--executor",
+            executor,
+            "--max-concurrent-jobs",
+            str(JOBS),
+            "--log-level",
+            "warning",
+        )
+        server.start()
+        base, client = server.base, server.http
         try:
-            deadline = time.monotonic() + 120
-            while time.monotonic() < deadline:
-                with contextlib.suppress(httpx.HTTPError):
-                    if httpx.get(f"{base}/health").status_code == 200:
-                        break
-                time.sleep(0.5)
-            probe = train(base, model_name="probe", total_timesteps=512)
-            wait_for_job(base, probe["job_id"])
+            probe = start_job(client, {"model_name": "probe", "total_timesteps": 512})
+            wait_for_job(client, probe["job_id"], **SPARSE_POLLS)
             body = {"model_name": "probe", "observation": OBSERVATION}
             idle = asyncio.run(load(f"{base}/inference", body, CONCURRENCY, duration))
             started = time.monotonic()
-            jobs = [train(base, model_name=f"job{i}", total_timesteps=timesteps)["job_id"] for i in range(JOBS)]
+            jobs = [
+                start_job(client, {"model_name": f"job{i}", "total_timesteps": timesteps})["job_id"]
+                for i in range(JOBS)
+            ]
             busy = asyncio.run(load(f"{base}/inference", body, CONCURRENCY, duration))
-            statuses = [wait_for_job(base, job_id) for job_id in jobs]
+            statuses = [wait_for_job(client, job_id, **SPARSE_POLLS) for job_id in jobs]
             elapsed = time.monotonic() - started
             assert all(status["status"] == "completed" for status in statuses), statuses
             steps = sum(status["current_timesteps"] for status in statuses)
         finally:
-            server.terminate()
-            server.wait(timeout=120)
+            server.stop(signal.SIGTERM)
     return {"steps_per_s": steps / elapsed, "seconds": elapsed, "idle_p99": idle["p99"], "busy_p99": busy["p99"]}
 
 
@@ -102,10 +101,7 @@ def run(timesteps: int, duration: float, output: Path) -> str:
         "should grow with the number of CPUs until the API server's polling becomes the limit; that was not "
         "measured here, as this machine has no second node.",
     ]
-    text = "\n".join(lines)
-    write_section(output, "ray", text)
-    print(text)
-    return text
+    return publish(output, "ray", lines)
 
 
 def main() -> None:

@@ -27,3 +27,11 @@ def write_section(path: Path, name: str, body: str) -> None:
     """Write ``body`` as the section between ``name``'s markers."""
     start, end = markers(name)
     update_markdown(path, f"{start}\n{body}\n{end}", start, end)
+
+
+def publish(path: Path, name: str, lines: list[str]) -> str:
+    """Write ``lines`` as ``name``'s section of ``path`` and print them; returns the text."""
+    text = "\n".join(lines)
+    write_section(path, name, text)
+    print(text)
+    return text

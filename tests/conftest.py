@@ -1,13 +1,13 @@
-"""Fixtures for the service's tests: apps on temporary folders, and a few small models trained once."""
+"""Fixtures for the service's tests: apps on temporary folders, a few small models trained once, the real server,
+and the executors. What they are built from (settings, job helpers, the server) is in ``harness.py``."""
 
-import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch as th
+from harness import TINY, Server, free_port, make_settings, wait_for_job
 
 with warnings.catch_warnings():
     # Starlette's TestClient still runs on httpx; its nudge towards httpx2 is not ours to act on.
@@ -16,36 +16,6 @@ with warnings.catch_warnings():
 
 from api import create_app
 from settings import Settings
-
-# Small policies and budgets: the tests check the service, not how well GRPO learns.
-TINY = {"net_arch": [16], "n_steps": 32, "batch_size": 64, "n_epochs": 2}
-
-JobWaiter = Callable[..., dict[str, Any]]
-
-
-def make_settings(root: Path, **overrides: Any) -> Settings:
-    values: dict[str, Any] = {
-        "models_dir": root / "models",
-        "db_path": root / "grpo.db",
-        "max_concurrent_jobs": 2,
-        "max_total_timesteps": 200_000,
-        "device": "cpu",
-    }
-    values.update(overrides)
-    return Settings(**values)
-
-
-def wait_for_job(client: TestClient, job_id: str, timeout: float = 60.0, until: Any = None) -> dict[str, Any]:
-    """Poll a job's status until it is finished (or until ``until(status)`` holds); returns the status."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status = client.get(f"/training/{job_id}/status").json()
-        done = until(status) if until else status["status"] not in ("queued", "running")
-        if done:
-            return status
-        if time.monotonic() > deadline:
-            raise AssertionError(f"job {job_id} still {status['status']} after {timeout}s: {status}")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -79,6 +49,17 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
 
 
 @pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """The real server (``python run_api.py``) on a free port and a folder of its own; killed at the end."""
+    running = Server(tmp_path, free_port())
+    running.start()
+    try:
+        yield running
+    finally:
+        running.kill()
+
+
+@pytest.fixture
 def one_torch_thread() -> Iterator[None]:
     """As the benchmark's workers and the service run: tiny networks gain nothing from threads, and on a busy
     small CPU extra threads make them crawl."""
@@ -93,7 +74,7 @@ def local_ray() -> Iterator[None]:
     """One local Ray for the whole test session, as small as this machine; stopped when the session ends."""
     import ray
 
-    from jobs import RAY_RUNTIME_ENV
+    from executors import RAY_RUNTIME_ENV
 
     # "local": our own, not a cluster some `ray start` on this machine left behind
     ray.init(address="local", num_cpus=2, include_dashboard=False, runtime_env=RAY_RUNTIME_ENV)

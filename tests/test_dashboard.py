@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 import websocket
-from test_server import Server, free_port
+from harness import Server
 
 CHROMIUM_FLAGS = [
     "--headless",
@@ -146,18 +146,6 @@ def browser() -> Iterator[DevTools]:
             process.kill()
             process.wait()
         shutil.rmtree(profile, ignore_errors=True)
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(tmp_path, free_port())
-    running.start()
-    try:
-        yield running
-    finally:
-        if running.process is not None:
-            running.process.kill()
-            running.process.wait()
 
 
 def test_train_from_the_dashboard_and_watch_the_curves(browser: DevTools, server: Server, tmp_path: Path) -> None:

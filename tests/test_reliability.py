@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 import schemathesis
+from harness import Server, free_port
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import (
     content_type_conformance,
@@ -26,7 +27,6 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_server import Server, free_port
 
 from grpo import GRPO
 
@@ -51,9 +51,7 @@ def fuzzed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     try:
         yield server
     finally:
-        assert server.process is not None
-        server.process.kill()
-        server.process.wait()
+        server.kill()
 
 
 @pytest.fixture(scope="module")
@@ -257,9 +255,7 @@ def test_kill_9_mid_training_then_resume(tmp_path: Path) -> None:
         assert _integrity(tmp_path / "jobs.db") == "ok" and not _half_written(tmp_path)
         print(f"kill -9 x{KILLS}: timesteps lost past the last checkpoint {lost}; resumed to {model.num_timesteps}")
     finally:
-        if server.process is not None:
-            server.process.kill()
-            server.process.wait()
+        server.kill()
 
 
 # load: training and serving at once
@@ -314,6 +310,4 @@ def test_inference_under_load_while_four_jobs_train(tmp_path: Path) -> None:
             models = {model["name"] for model in client.get("/models").json()["models"]}
             assert models == {"served", "load0", "load1", "load2", "load3"}
     finally:
-        if server.process is not None:
-            server.process.kill()
-            server.process.wait()
+        server.kill()

@@ -7,16 +7,13 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+from harness import Server
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -52,84 +49,6 @@ DOC_CURL_EXAMPLES = [
     'curl "http://localhost:8000/health"',
     'curl "http://localhost:8000/models"',
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Server:
-    """``python run_api.py`` in a subprocess, on its own data folder."""
-
-    def __init__(
-        self, root: Path, port: int, *args: str, api_key: str | None = None, env: dict[str, str] | None = None
-    ) -> None:
-        self.root = root
-        self.port = port
-        self.base = f"http://localhost:{port}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.log = root / "server.log"
-        self.args = [*args, *(["--api-key", api_key] if api_key else [])]
-        self.headers = {"X-API-Key": api_key} if api_key else {}
-        self.env = {**os.environ, **(env or {})}
-
-    def start(self) -> None:
-        command = [
-            sys.executable,
-            "run_api.py",
-            "--port",
-            str(self.port),
-            "--models-dir",
-            str(self.root / "models"),
-            "--db",
-            str(self.root / "jobs.db"),
-            *self.args,
-        ]
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"server exited:\n{self.log.read_text()}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.2)
-        raise AssertionError(f"server did not come up:\n{self.log.read_text()}")
-
-    def stop(self, sig: int = signal.SIGINT) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        self.process.wait(timeout=60)
-        self.process = None
-
-    def get(self, path: str) -> Any:
-        return httpx.get(f"{self.base}{path}", headers=self.headers, timeout=30).json()
-
-    def post(self, path: str, body: dict[str, Any] | None = None) -> httpx.Response:
-        return httpx.post(f"{self.base}{path}", json=body, headers=self.headers, timeout=30)
-
-    def wait_for_job(self, job_id: str, timeout: float = 120.0) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.get(f"/training/{job_id}/status")
-            if status["status"] not in ("queued", "running"):
-                return status
-            time.sleep(0.2)
-        raise AssertionError(f"job {job_id} did not finish: {status}")
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[Server]:
-    running = Server(tmp_path, free_port())
-    running.start()
-    try:
-        yield running
-    finally:
-        if running.process is not None:
-            running.process.kill()
-            running.process.wait()
 
 
 def run_python_example(code: str, base: str) -> tuple[dict[str, Any], str]:

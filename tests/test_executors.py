@@ -7,17 +7,17 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import TINY, make_settings, wait_for_job
 from fastapi.testclient import TestClient
-from test_api import CARTPOLE_OBS, read_events, train
-from test_server import Server, free_port
+from harness import CARTPOLE_OBS, TINY, Server, free_port, make_settings, read_events, train, wait_for_job
 
 from api import create_app
+from executors import ThreadExecutor
 from settings import Settings
 
 # As a cluster should run: with token authentication, the service holding the cluster's token.
@@ -127,3 +127,13 @@ def test_the_service_trains_on_a_ray_cluster_at_an_address(ray_cluster: str, tmp
     finally:
         server.stop()
     assert "training on Ray" in server.log.read_text()
+
+
+def test_training_threads_yield_the_cpu_to_the_server():
+    seen: list[int] = []
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    executor = ThreadExecutor(1, niceness=5)
+    executor.submit(lambda: seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id())))
+    executor.shutdown()
+    assert seen == [min(19, base + 5)]
+    assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the server's own threads keep their priority

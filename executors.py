@@ -1,0 +1,275 @@
+"""Where jobs train: threads of this process (``ThreadExecutor``), or Ray actors in worker processes on this
+machine or a cluster (``RayExecutor``). Both train through ``training.train_model`` and feed the runner's
+bookkeeping the same way; another backend implements the ``Executor`` protocol.
+"""
+
+import io
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from grpo import GRPO
+from records import JobRecord, MetricPoint
+from rewards import REWARD_FUNCTIONS
+from settings import Settings
+from training import ActiveJob, Checkpoint, Report, StopTraining, TrainingConfig, record_point, train_model
+
+logger = logging.getLogger("grpo.executors")
+
+# How often the service asks a job's Ray actor for its progress.
+ACTOR_POLL_INTERVAL_S = 0.5
+# The service's own modules travel to Ray's workers (they need only the requirements); its data stays here.
+RAY_RUNTIME_ENV = {
+    "working_dir": str(Path(__file__).resolve().parent),
+    "excludes": [
+        *("/models/", "/tests/", "/docs/", "/benchmarks/", "/static/", "/runs/", "*.db*", "__pycache__/"),
+        *("/.pytest_cache/", "/.ruff_cache/", "/.hypothesis/"),
+    ],
+}
+
+
+class Executor(Protocol):
+    """Where jobs run. ``submit`` must start work in the order given once capacity frees up; the work calls
+    ``train`` for the job's model."""
+
+    def submit(self, work: Callable[[], None]) -> None: ...
+
+    def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
+        """Train the job's model until its total_timesteps or until ``job.stop_requested``; keep ``job``'s
+        timesteps, metrics and history current, calling ``report(job)`` at each rollout and ``checkpoint(job,
+        model)`` every ``checkpoint_interval`` timesteps. Returns the model, in this process. Raises
+        ``StopTraining`` when stopped before training began."""
+        ...
+
+    def shutdown(self) -> None:
+        """Drop work not yet started and wait for the running work to return."""
+        ...
+
+
+def lower_thread_priority(niceness: int) -> None:
+    """Make the calling thread yield the CPU to the server's threads (Linux schedules threads one by one)."""
+    if niceness <= 0 or not hasattr(os, "setpriority"):
+        return
+    thread = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, os.getpriority(os.PRIO_PROCESS, thread) + niceness))
+    except OSError as error:  # e.g. a container that forbids it: training still runs, only at full priority
+        logger.warning("could not lower the priority of a training thread: %s", error)
+
+
+class ThreadExecutor:
+    """Jobs on background threads of this process, at most ``max_workers`` at once, the rest in FIFO order.
+
+    The threads run at a lower priority (``niceness``) so that inference requests keep their latency while
+    jobs train: on a machine with as many busy jobs as cores, the scheduler otherwise splits the CPU evenly.
+    """
+
+    def __init__(self, max_workers: int, niceness: int = 0) -> None:
+        self._pool = ThreadPoolExecutor(
+            max_workers=max_workers,
+            thread_name_prefix="grpo-job",
+            initializer=lower_thread_priority,
+            initargs=(niceness,),
+        )
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._pool.submit(work)
+
+    def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
+        logs = settings.jobs_dir / job.record.job_id
+        return train_model(job, settings.device, logs, report, checkpoint, settings.job_timeout_s)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass
+class ActorProgress:
+    """What a job's Ray actor has to tell at one poll."""
+
+    timesteps: int
+    metrics: dict[str, float]
+    points: list[MetricPoint]  # learning-curve points past the ones the service has
+    checkpoint: bytes | None  # the model zip of a checkpoint newer than the service has
+    checkpoint_timesteps: int
+
+
+class ActorLost(Exception):
+    """The Ray actor training a job died (its worker process or its node went down)."""
+
+
+class TrainingActor:
+    """One job's training in a Ray worker process (``ray.remote`` makes it an actor with two threads).
+
+    ``train`` runs the job, as ``ThreadExecutor`` would, through ``train_model``; the service calls ``progress``
+    from its other thread twice a second, and ``stop``. Checkpoints stay in the actor as zip bytes until the
+    service fetches them and writes them to its own ``jobs_dir``: workers need no shared disk, and resume reads
+    the service's copy.
+    """
+
+    def __init__(
+        self,
+        record: JobRecord,
+        config: TrainingConfig,
+        checkpoint: bytes | None,
+        history: list[MetricPoint],
+        device: str,
+        timeout_s: float | None,
+        torch_threads: int,
+    ) -> None:
+        import torch as th
+
+        th.set_num_threads(torch_threads)
+        self.job = ActiveJob(
+            record=record,
+            config=config,
+            resume_from=io.BytesIO(checkpoint) if checkpoint is not None else None,
+            history=history,
+        )
+        self.device = device
+        self.timeout_s = timeout_s
+        self._checkpoint = b""
+        self._checkpoint_timesteps = 0
+        self._lock = threading.Lock()
+
+    def train(self) -> tuple[bytes, bool]:
+        """The trained model as a zip, and whether it ran out of time."""
+        model = train_model(self.job, self.device, None, record_point, self._keep_checkpoint, self.timeout_s)
+        return model_bytes(model), self.job.timed_out
+
+    def progress(self, since_timesteps: int, checkpoint_timesteps: int) -> ActorProgress:
+        job = self.job
+        with self._lock:
+            newer = self._checkpoint_timesteps > checkpoint_timesteps
+            return ActorProgress(
+                timesteps=job.timesteps,
+                metrics=dict(job.metrics),
+                points=job.points_after(since_timesteps),
+                checkpoint=self._checkpoint if newer else None,
+                checkpoint_timesteps=self._checkpoint_timesteps,
+            )
+
+    def stop(self) -> None:
+        self.job.stop_requested.set()
+
+    def _keep_checkpoint(self, job: ActiveJob, model: GRPO) -> None:
+        record_point(job)
+        data = model_bytes(model)
+        with self._lock:
+            self._checkpoint, self._checkpoint_timesteps = data, model.num_timesteps
+
+
+def model_bytes(model: GRPO) -> bytes:
+    buffer = io.BytesIO()
+    model.save(buffer)
+    return buffer.getvalue()
+
+
+class RayExecutor:
+    """Jobs as Ray actors, on a local Ray or a cluster; the service keeps one thread per running job (at most
+    ``max_concurrent_jobs``) that polls its actor and feeds the runner's bookkeeping, as a thread job would.
+
+    With no ``ray_address`` it starts a local Ray of ``ray_num_cpus`` CPUs, and stops it at shutdown; a Ray already
+    started in this process is used as it is (``ray.init(runtime_env=RAY_RUNTIME_ENV)``, for the workers to find
+    the service's modules).
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        import ray
+
+        self._ray = ray
+        self._threads = ThreadExecutor(settings.max_concurrent_jobs)
+        self._actors: dict[str, Any] = {}
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            if settings.ray_address:
+                ray.init(address=settings.ray_address, runtime_env=RAY_RUNTIME_ENV)
+            else:
+                ray.init(
+                    # "local": a Ray of its own, even where `ray start` left a cluster to find
+                    address="local",
+                    num_cpus=settings.ray_num_cpus,
+                    include_dashboard=False,
+                    runtime_env=RAY_RUNTIME_ENV,
+                )
+        logger.info("training on Ray: %s", ray.cluster_resources())
+
+    def submit(self, work: Callable[[], None]) -> None:
+        self._threads.submit(work)
+
+    def actor(self, job_id: str) -> Any:
+        """The Ray actor handle training a job, while it runs (for operators and tests)."""
+        return self._actors[job_id]
+
+    def train(self, job: ActiveJob, settings: Settings, report: Report, checkpoint: Checkpoint) -> GRPO:
+        ray = self._ray
+        config = job.config
+        num_cpus = config.num_cpus or (config.n_envs if config.vec_env == "subproc" else 1)
+        num_gpus = config.num_gpus or 0
+        device = "cuda" if num_gpus else ("cpu" if settings.device == "auto" else settings.device)
+        resume = job.resume_from.read_bytes() if isinstance(job.resume_from, Path) else None
+        actor = (
+            ray.remote(TrainingActor)
+            .options(
+                num_cpus=num_cpus,
+                num_gpus=num_gpus,
+                max_concurrency=2,
+                max_restarts=0,
+            )
+            .remote(job.record, config, resume, job.history[-1:], device, settings.job_timeout_s, max(1, int(num_cpus)))
+        )
+        self._actors[job.record.job_id] = actor
+        job.started_at = time.monotonic() - (job.history[-1].wall_time_s if job.history else 0.0)
+        result = actor.train.remote()
+        answered = stop_sent = False
+        checkpoint_timesteps = job.record.checkpoint_timesteps or 0
+        try:
+            while True:
+                done, _ = ray.wait([result], timeout=ACTOR_POLL_INTERVAL_S)
+                if job.stop_requested.is_set() and not stop_sent:
+                    if not answered:  # still waiting for a worker: nothing to keep
+                        raise StopTraining
+                    actor.stop.remote()
+                    stop_sent = True
+                try:
+                    last_point = job.history[-1].timesteps if job.history else 0
+                    progress = ray.get(actor.progress.remote(last_point, checkpoint_timesteps), timeout=10)
+                except ray.exceptions.GetTimeoutError:
+                    continue  # not placed yet, or busy: ask again
+                answered = True
+                job.timesteps, job.metrics = progress.timesteps, progress.metrics
+                job.history.extend(progress.points)
+                if progress.checkpoint is not None:
+                    checkpoint(job, load_model_bytes(progress.checkpoint, config, settings.device))
+                    checkpoint_timesteps = progress.checkpoint_timesteps
+                report(job)
+                if done:
+                    break
+            data, job.timed_out = ray.get(result)
+        except ray.exceptions.RayActorError as error:
+            raise ActorLost(f"the Ray actor training the job died: {str(error).splitlines()[0]}") from error
+        finally:
+            self._actors.pop(job.record.job_id, None)
+            ray.kill(actor)
+        return load_model_bytes(data, config, settings.device)
+
+    def shutdown(self) -> None:
+        self._threads.shutdown()
+        if self._owns_ray:
+            self._ray.shutdown()
+
+
+def load_model_bytes(data: bytes, config: TrainingConfig, device: str) -> GRPO:
+    return GRPO.load(io.BytesIO(data), device=device, reward_function=REWARD_FUNCTIONS[config.reward_function_type])
+
+
+def make_executor(settings: Settings) -> Executor:
+    if settings.executor == "ray":
+        return RayExecutor(settings)
+    return ThreadExecutor(settings.max_concurrent_jobs, settings.job_niceness)

@@ -1,0 +1,20 @@
+"""The error answers a route can give, as its OpenAPI declaration lists them."""
+
+from typing import Any
+
+from schemas import ErrorMessage
+
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid parameters",
+    401: "Missing or wrong X-API-Key (only when the server has a key)",
+    404: "No such job or model",
+    409: "Conflicts with the current state (name taken, job finished, model in training)",
+    413: "The request body, or its batch of observations, is larger than this server takes",
+    429: "Every training slot is busy and the queue is full; try again after Retry-After seconds",
+    500: "A stored model cannot be read",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI declarations of the error answers a route can give (422 FastAPI declares itself)."""
+    return {code: {"model": ErrorMessage, "description": _ERROR_DESCRIPTIONS[code]} for code in codes}
