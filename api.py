@@ -22,11 +22,15 @@ from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
 import errors
+from access import KeyRing
+from data_lock import DataLocks
 from jobs import JobRunner
+from rate_limits import INFERENCE, MANAGEMENT, RateLimits
 from rewards import REWARD_FUNCTIONS
 from routes import health, inference, models, reward_functions, training
-from routes.dependencies import require_api_key
+from routes.dependencies import authenticate, rate_limit
 from routes.responses import error_responses
+from security_log import REFUSED_NAME, SecurityLog
 from settings import Settings
 from store import Database, ModelCache, ModelStore
 
@@ -37,6 +41,7 @@ logger = logging.getLogger("grpo.api")
 # Every domain error and the status code a client sees for it; the first matching class wins.
 ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.NotAuthenticated: 401,
+    errors.Forbidden: 403,
     errors.ModelNotFound: 404,
     errors.JobNotFound: 404,
     errors.ModelUnreadable: 500,
@@ -51,9 +56,12 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.InvalidEvaluation: 400,
     errors.BatchTooLarge: 413,
     errors.TooManyJobs: 429,
+    errors.RateLimited: 429,
 }
-# Headers that go with some of those answers: when to come back to a full queue.
-ERROR_HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {errors.TooManyJobs: {"Retry-After": "30"}}
+# When to come back to a full training queue, in seconds (a rate limit says its own).
+QUEUE_RETRY_AFTER_S = 30
+# Answers the security log records, beside refused names.
+SECURITY_STATUSES = {401, 403, 413, 429}
 
 
 # error handlers
@@ -62,14 +70,27 @@ ERROR_HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {errors.TooMany
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ServiceError)
     status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 400)
-    headers = next((headers for cls, headers in ERROR_HEADERS.items() if isinstance(exc, cls)), None)
-    return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
+    body: dict[str, Any] = {"detail": exc.detail}
+    headers = None
+    if status == 429:
+        limited = isinstance(exc, errors.RateLimited)
+        body["limit"] = exc.limit if limited else None
+        body["retry_after_s"] = exc.retry_after_s if limited else QUEUE_RETRY_AFTER_S
+        headers = {"Retry-After": str(body["retry_after_s"])}
+    if status in SECURITY_STATUSES or isinstance(exc, errors.InvalidName):
+        event = REFUSED_NAME if isinstance(exc, errors.InvalidName) else None
+        request.app.state.security_log.record(request.scope, status, exc.detail, event=event)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # FastAPI's own handler echoes the input, which fails to encode when it holds NaN and can be huge.
     details = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+    refused_path = [detail for detail in details if detail["loc"][:1] == ["path"]]
+    if refused_path:  # a model name or other path part that does not match its pattern: someone probing paths
+        detail = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in refused_path)
+        request.app.state.security_log.record(request.scope, 422, detail, event=REFUSED_NAME)
     return JSONResponse({"detail": details}, status_code=422)
 
 
@@ -85,9 +106,10 @@ class RequestSizeLimit:
     """Answers 413 to a request whose body is larger than ``max_bytes``: at once when its Content-Length says so,
     and while it is read when the body is streamed (chunked) or its Content-Length understates it."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, security_log: SecurityLog) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.security_log = security_log
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -96,6 +118,7 @@ class RequestSizeLimit:
         detail = f"Request body larger than this server's limit of {self.max_bytes} bytes"
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
+            self.security_log.record(scope, 413, f"Content-Length {int(length)} over {self.max_bytes}")
             await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
             return
         received = 0
@@ -105,6 +128,7 @@ class RequestSizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
+                self.security_log.record(scope, 413, f"streamed body past {self.max_bytes} bytes")
                 # FastAPI passes an HTTPException raised while it reads the body on to its handler: a clean 413.
                 raise HTTPException(status_code=413, detail=detail)
             return message
@@ -126,9 +150,15 @@ def is_loopback(host: str) -> bool:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Read now, so that a malformed key or rate stops the server before it listens.
+    keys = KeyRing.from_settings(settings)
+    rate_limits = RateLimits({INFERENCE: settings.rate_limit_inference, MANAGEMENT: settings.rate_limit_management})
+    security_log = SecurityLog(settings.security_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One server per data folder (run_api.py took the lock already; other ways of starting the app take it here).
+        locks = DataLocks(settings).acquire()
         # torch's thread count is process-wide: set it for the service's life, then give the old one back.
         previous_threads = th.get_num_threads()
         if settings.torch_threads is not None:
@@ -141,10 +171,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         runner.recover()
         app.state.store, app.state.runner = store, runner
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
-        if settings.api_key is None and not is_loopback(settings.host):
+        if not keys.enabled and not is_loopback(settings.host):
             logger.warning(
                 "no API key set while serving on %s: anyone who can reach it can train, serve and delete models; "
-                "set GRPO_API_KEY (or --api-key)",
+                "set GRPO_API_KEY (or --api-key) or GRPO_API_KEYS",
                 settings.host,
             )
         try:
@@ -154,6 +184,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await anyio.to_thread.run_sync(runner.shutdown)
             db.close()
             th.set_num_threads(previous_threads)
+            security_log.close()
+            locks.release()
 
     app = FastAPI(
         title="GRPO API",
@@ -162,16 +194,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "serve their actions.",
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    app.state.settings, app.state.keys = settings, keys
+    app.state.rate_limits, app.state.security_log = rate_limits, security_log
     app.add_exception_handler(errors.ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
     app.include_router(health.public_router)
-    guarded = (health.root_router, training.router, inference.router, models.router, reward_functions.router)
-    for router in guarded:
-        app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
+    # Behind a key when the server has any, each router counted against its group's rate limit.
+    guarded = [
+        (inference.router, INFERENCE),
+        (health.root_router, MANAGEMENT),
+        (training.router, MANAGEMENT),
+        (models.router, MANAGEMENT),
+        (reward_functions.router, MANAGEMENT),
+    ]
+    for router, group in guarded:
+        app.include_router(
+            router,
+            dependencies=[Depends(authenticate), Depends(rate_limit(group))],
+            responses=error_responses(401, 429),
+        )
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
-    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes, security_log=security_log)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

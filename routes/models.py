@@ -9,7 +9,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 
 from errors import InvalidEvaluation
 from records import ModelRecord
-from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
+from routes.dependencies import ADMIN_ONLY, ModelNameParam, RunnerDep, StoreDep
 from routes.responses import error_responses
 from schemas import DeleteResponse, EvaluateRequest, EvaluateResponse, ModelInfo, ModelList, ModelSummary
 from store import ModelStore
@@ -39,7 +39,11 @@ def model_info(model_name: ModelNameParam, store: StoreDep) -> ModelInfo:
 @router.get(
     "/models/{model_name}/download",
     response_class=Response,
-    responses={200: {"content": {"application/zip": {}}, "description": "The model's SB3 zip"}, **error_responses(404)},
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "The model's SB3 zip"},
+        **error_responses(403, 404),
+    },
+    dependencies=[ADMIN_ONLY],
 )
 def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
     return Response(
@@ -50,7 +54,10 @@ def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
 
 
 @router.post(
-    "/models/{model_name}/evaluate", response_model=EvaluateResponse, responses=error_responses(400, 404, 413, 500)
+    "/models/{model_name}/evaluate",
+    response_model=EvaluateResponse,
+    responses=error_responses(400, 403, 404, 413, 500),
+    dependencies=[ADMIN_ONLY],
 )
 def evaluate_model(
     model_name: ModelNameParam,
@@ -88,7 +95,12 @@ def evaluate_model(
     )
 
 
-@router.delete("/models/{model_name}", response_model=DeleteResponse, responses=error_responses(404, 409))
+@router.delete(
+    "/models/{model_name}",
+    response_model=DeleteResponse,
+    responses=error_responses(403, 404, 409),
+    dependencies=[ADMIN_ONLY],
+)
 def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep) -> DeleteResponse:
     runner.ensure_not_training(model_name)
     store.delete(model_name)

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 from jobs import JobRunner
 from records import JobState
-from routes.dependencies import RunnerDep
+from routes.dependencies import ADMIN_ONLY, RunnerDep
 from routes.responses import error_responses
 from schemas import (
     JobList,
@@ -36,7 +36,9 @@ EVENT_RETRY_MS = 1000
 router = APIRouter(tags=["training"])
 
 
-@router.post("/train", response_model=TrainResponse, responses=error_responses(400, 409, 413, 429))
+@router.post(
+    "/train", response_model=TrainResponse, responses=error_responses(400, 403, 409, 413), dependencies=[ADMIN_ONLY]
+)
 def train(runner: RunnerDep, request: Annotated[TrainRequest | None, Body()] = None) -> TrainResponse:
     # No body at all trains with every default, like an empty one.
     record, config, position = runner.submit(request or TrainRequest())
@@ -127,7 +129,12 @@ def _event(name: str, data: BaseModel, event_id: int | None = None) -> str:
     return f"event: {name}\n{id_line}data: {data.model_dump_json()}\n\n"
 
 
-@router.post("/training/{job_id}/stop", response_model=StopResponse, responses=error_responses(404, 409))
+@router.post(
+    "/training/{job_id}/stop",
+    response_model=StopResponse,
+    responses=error_responses(403, 404, 409),
+    dependencies=[ADMIN_ONLY],
+)
 def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     record = runner.stop(job_id)
     message = "Training job stopped"
@@ -136,7 +143,12 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     return StopResponse.model_validate({**vars(record), "message": message})
 
 
-@router.post("/training/{job_id}/resume", response_model=ResumeResponse, responses=error_responses(404, 409, 429))
+@router.post(
+    "/training/{job_id}/resume",
+    response_model=ResumeResponse,
+    responses=error_responses(403, 404, 409),
+    dependencies=[ADMIN_ONLY],
+)
 def resume_job(job_id: str, runner: RunnerDep) -> ResumeResponse:
     """Go on training an interrupted, stopped or failed job, under the same id, from its last checkpoint to its
     total_timesteps with the same settings; the model is saved under the job's model_name as before."""

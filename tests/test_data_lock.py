@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_server import REPO, Server, free_port
+from harness import REPO, Server, free_port
 
 from data_lock import LOCK_FILE, DataFolderInUse, DataFolderLock, DataLocks
 from settings import Settings
@@ -25,9 +25,7 @@ def first_server(tmp_path: Path) -> Iterator[Server]:
     try:
         yield server
     finally:
-        if server.process is not None:
-            server.process.kill()
-            server.process.wait()
+        server.kill()
 
 
 def test_a_second_server_on_a_folder_in_use_exits_at_once_and_the_first_goes_on(first_server: Server) -> None:

@@ -1,19 +1,15 @@
 """HTTPS straight from the server: ``python run_api.py --ssl-certfile ... --ssl-keyfile ...`` with a self-signed
 certificate made here answers over TLS, and the same port refuses plain HTTP."""
 
-import contextlib
-import os
 import shutil
 import ssl
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from test_server import REPO, free_port
+from harness import Server, free_port
 
 from settings import Settings
 
@@ -35,45 +31,30 @@ def self_signed_certificate(folder: Path) -> tuple[Path, Path]:
     return certificate, key
 
 
-def trusting(certificate: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=certificate)
-
-
 @pytest.fixture
-def https_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def https_server(tmp_path: Path) -> Iterator[Server]:
     certificate, key = self_signed_certificate(tmp_path)
-    port = free_port()
-    log = tmp_path / "server.log"
-    # The certificate through the flags, the key through its GRPO_ variable: both ways reach uvicorn.
-    command = [sys.executable, "run_api.py", "--port", str(port), "--models-dir", str(tmp_path / "models")]
-    with open(log, "wb") as output:
-        process = subprocess.Popen(
-            [*command, "--ssl-certfile", str(certificate)],
-            cwd=REPO,
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "GRPO_SSL_KEYFILE": str(key)},
-        )
+    # The certificate through its flag, the key through its GRPO_ variable: both ways reach uvicorn.
+    server = Server(
+        tmp_path,
+        free_port(),
+        "--ssl-certfile",
+        str(certificate),
+        env={"GRPO_SSL_KEYFILE": str(key)},
+        tls=ssl.create_default_context(cafile=certificate),
+    )
+    server.start()
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert process.poll() is None, log.read_text()
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"https://127.0.0.1:{port}/health", verify=trusting(certificate), timeout=1)
-                break
-            assert time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-        yield f"127.0.0.1:{port}", certificate
+        yield server
     finally:
-        process.kill()
-        process.wait()
+        server.kill()
 
 
-def test_https_answers_and_plain_http_on_the_same_port_does_not(https_server: tuple[str, Path]) -> None:
-    address, certificate = https_server
-    response = httpx.get(f"https://{address}/health", verify=trusting(certificate), timeout=10)
+def test_https_answers_and_plain_http_on_the_same_port_does_not(https_server: Server) -> None:
+    address = f"127.0.0.1:{https_server.port}"
+    response = https_server.http.get("/health")
     assert response.status_code == 200 and response.json()["status"] == "healthy"
-    assert response.http_version == "HTTP/1.1"
+    assert https_server.base.startswith("https://")
     # A client that does not trust the certificate refuses it: the server really speaks TLS with that certificate.
     with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
         httpx.get(f"https://{address}/health", timeout=10)
