@@ -87,9 +87,10 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
     assert isinstance(exc, RequestValidationError)
     # FastAPI's own handler echoes the input, which fails to encode when it holds NaN and can be huge.
     details = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
-    refused_path = [detail for detail in details if detail["loc"][:1] == ["path"]]
-    if refused_path:  # a model name or other path part that does not match its pattern: someone probing paths
-        detail = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in refused_path)
+    # A path part or a model name that does not match its pattern: what probing for files looks like.
+    refused = [d for d in details if d["loc"][:1] == ["path"] or d["loc"][-1:] == ["model_name"]]
+    if refused:
+        detail = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in refused)
         request.app.state.security_log.record(request.scope, 422, detail, event=REFUSED_NAME)
     return JSONResponse({"detail": details}, status_code=422)
 

@@ -5,7 +5,10 @@ import logging
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from harness import CARTPOLE_OBS, make_settings
 
+from api import create_app
 from security_log import KEY_ID, MAX_DETAIL, SecurityLog
 
 
@@ -35,3 +38,25 @@ def test_without_a_file_events_go_to_the_server_log(caplog: pytest.LogCaptureFix
     with caplog.at_level(logging.WARNING, logger="grpo.security"):
         SecurityLog().record(_scope(), 403, "inference key")
     assert json.loads(caplog.records[-1].getMessage())["event"] == "forbidden"
+
+
+def test_the_server_logs_oversized_bodies_and_refused_names(tmp_path: Path) -> None:
+    path = tmp_path / "security.jsonl"
+    settings = make_settings(tmp_path, security_log=path, max_request_bytes=2048, max_inference_batch=2)
+    with TestClient(create_app(settings)) as client:
+        oversized = client.post("/inference", content=b"x" * 4096, headers={"Content-Type": "application/json"})
+        assert oversized.status_code == 413
+        batch = {"model_name": "m", "observations": [CARTPOLE_OBS] * 3}
+        assert client.post("/inference", json=batch).status_code == 413
+        assert client.get("/models/.hidden").status_code == 422
+        assert client.post("/train", json={"model_name": "../../etc/passwd"}).status_code == 422
+        assert client.get("/models").status_code == 200  # an ordinary request leaves no trace
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(event["event"], event["status"], event["path"]) for event in events] == [
+        ("too_large", 413, "/inference"),
+        ("too_large", 413, "/inference"),
+        ("refused_name", 422, "/models/.hidden"),
+        ("refused_name", 422, "/train"),
+    ]
+    assert "model_name" in events[2]["detail"] and "body.model_name" in events[3]["detail"]
+    assert all(event["client"] == "testclient" for event in events)
