@@ -8,6 +8,7 @@ Jobs run on an ``executors.Executor`` (threads, or Ray actors), which trains the
 
 import logging
 import re
+import sqlite3
 import threading
 import time
 import uuid
@@ -32,7 +33,7 @@ from grpo import GRPO
 from records import RESUMABLE_STATES, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
 from rewards import REWARD_FUNCTIONS, fits
 from settings import Settings
-from store import Database, ModelStore, remove_temporary_files, save_atomically
+from store import Database, ModelStore, is_disk_full, remove_temporary_files, save_atomically
 from training import (
     ActiveJob,
     StopTraining,
@@ -337,8 +338,10 @@ class JobRunner:
                 return  # stopped or shut down while queued, and already recorded so
             job.started = True
         job_id = job.record.job_id
-        self._transition(job_id, JobState.RUNNING, start_time=utcnow())
+        # Space for the records of a failure: taken back here once a full disk has room again.
+        self.store.reserve.ensure()
         try:
+            self._transition(job_id, JobState.RUNNING, start_time=utcnow())
             model = self.executor.train(job, self.settings, self._report_progress, self._checkpoint)
             job.timesteps = model.num_timesteps
             self._conclude(job, model)
@@ -346,8 +349,11 @@ class JobRunner:
             state = JobState.INTERRUPTED if job.shutting_down else JobState.STOPPED
             self._finish(job, state, message="Stopped before its training started; no model was trained")
         except Exception as error:  # a job's failure is recorded on the job; the server goes on
-            logger.exception("job %s failed", job_id)
-            self._finish(job, JobState.FAILED, error_message=f"{type(error).__name__}: {error}")
+            if is_disk_full(error):
+                self._fail_on_full_disk(job, error)
+            else:
+                logger.exception("job %s failed", job_id)
+                self._finish(job, JobState.FAILED, error_message=f"{type(error).__name__}: {error}")
         finally:
             with self._lock:
                 self._active.pop(job_id, None)
@@ -398,6 +404,24 @@ class JobRunner:
             self._finish(job, JobState.COMPLETED, model_saved=saved)
             # Done: the model is saved in full, and the checkpoint has no more use.
             self._checkpoint_path(job.record.job_id).unlink(missing_ok=True)
+
+    def _fail_on_full_disk(self, job: ActiveJob, error: Exception) -> None:
+        """Record that a write of the job (model, checkpoint, metrics, logs) found the disk full. What it was
+        writing was dropped whole; the files and records from before are as they were."""
+        logger.error("job %s failed: the disk is full (%s: %s)", job.record.job_id, type(error).__name__, error)
+        self.store.reserve.release()  # room for the records below
+        record = self.db.get_job(job.record.job_id)
+        checkpoint = record.checkpoint_timesteps if record is not None else None
+        kept = f"its last checkpoint ({checkpoint} timesteps)" if checkpoint else "no checkpoint"
+        message = (
+            f"The disk is full: {type(error).__name__}: {error}. What was being written was dropped whole; "
+            f"the job keeps {kept} and the models saved before are intact. Free some space, then resume the job"
+        )
+        try:
+            self._finish(job, JobState.FAILED, error_message=message)
+        except sqlite3.Error as again:
+            # Even the reserve did not make room: the restart after space is freed marks the job interrupted.
+            logger.error("job %s: its failure could not be recorded either (%s)", job.record.job_id, again)
 
     def _report_progress(self, job: ActiveJob) -> None:
         record_point(job)
