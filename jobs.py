@@ -390,7 +390,8 @@ class JobRunner:
         if stopped and job.timed_out:
             error = (
                 f"Timed out: the job trained for longer than this server's job_timeout_s of "
-                f"{self.settings.job_timeout_s:g} s; stopped at {model.num_timesteps} timesteps, {kept}"
+                f"{self.settings.job_timeout_s:g} s (its runs before a resume count too); stopped at "
+                f"{model.num_timesteps} timesteps, {kept}"
             )
             self._finish(job, JobState.FAILED, error_message=error, model_saved=saved)
         elif stopped:

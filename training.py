@@ -281,7 +281,9 @@ class JobCallback(BaseCallback):
         self._start_time = time.monotonic()
         self._start_timesteps = self._last_checkpoint = self.model.num_timesteps
         if self.timeout_s is not None:
-            self._deadline = self._start_time + self.timeout_s
+            # From when the job first began: a resumed job's earlier running time (job.started_at is set back by
+            # it) counts against its timeout, so resuming is no way around the limit.
+            self._deadline = self.job.started_at + self.timeout_s
         # Callbacks only run during rollouts; this hook also stops a long update between two gradient steps.
         self._hook = self.model.policy.optimizer.register_step_pre_hook(self._stop_between_gradient_steps)
 
