@@ -4,7 +4,6 @@ the holder, and the first one goes on serving."""
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -18,40 +17,30 @@ from settings import Settings
 SECOND_SERVER_LIMIT_S = 10.0
 
 
-@pytest.fixture
-def first_server(tmp_path: Path) -> Iterator[Server]:
-    server = Server(tmp_path, free_port())
-    server.start()
-    try:
-        yield server
-    finally:
-        server.kill()
-
-
-def test_a_second_server_on_a_folder_in_use_exits_at_once_and_the_first_goes_on(first_server: Server) -> None:
-    models = first_server.root / "models"
+def test_a_second_server_on_a_folder_in_use_exits_at_once_and_the_first_goes_on(server: Server) -> None:
+    models = server.root / "models"
     command = [sys.executable, "run_api.py", "--port", str(free_port()), "--models-dir", str(models)]
     started = time.monotonic()
     second = subprocess.run(
-        [*command, "--db", str(first_server.root / "jobs.db")],
+        [*command, "--db", str(server.root / "jobs.db")],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=SECOND_SERVER_LIMIT_S,
     )
     elapsed = time.monotonic() - started
-    assert first_server.process is not None
+    assert server.process is not None
     print(f"\nsecond server exited with {second.returncode} after {elapsed:.2f} s: {second.stderr.strip()}")
     assert second.returncode != 0 and elapsed < SECOND_SERVER_LIMIT_S
     assert str(models.resolve()) in second.stderr
-    assert f"pid {first_server.process.pid}" in second.stderr
+    assert f"pid {server.process.pid}" in second.stderr
     assert "Traceback" not in second.stderr
-    assert httpx.get(f"{first_server.base}/health", timeout=10).json()["status"] == "healthy"
+    assert httpx.get(f"{server.base}/health", timeout=10).json()["status"] == "healthy"
 
     # The database alone, moved elsewhere, is guarded too: another models folder does not make it free.
-    other_models = first_server.root / "elsewhere"
+    other_models = server.root / "elsewhere"
     by_database = subprocess.run(
-        [*command[:-1], str(other_models), "--db", str(first_server.root / "jobs.db")],
+        [*command[:-1], str(other_models), "--db", str(server.root / "jobs.db")],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -60,9 +49,9 @@ def test_a_second_server_on_a_folder_in_use_exits_at_once_and_the_first_goes_on(
     assert by_database.returncode != 0 and "jobs.db" in by_database.stderr
 
     # Once the first one is gone (a kill -9: the kernel drops its lock), the folder is free for the next.
-    first_server.stop(9)
-    first_server.start()
-    assert first_server.get("/health")["status"] == "healthy"
+    server.stop(9)
+    server.start()
+    assert server.get("/health")["status"] == "healthy"
 
 
 def _holder(lock_file: Path) -> subprocess.Popen[str]:
