@@ -6,6 +6,7 @@ Flags override the ``GRPO_*`` environment variables, which override the defaults
 import argparse
 import logging
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -37,6 +38,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def create_app(settings: Settings) -> Any:
+    """``api.create_app``, imported only once the data folder is ours: torch and SB3 take seconds to load, and a
+    server refused its folder should say so at once."""
+    from api import create_app as build_app
+
+    return build_app(settings)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     settings = Settings(**{key: value for key, value in vars(args).items() if value is not None})
@@ -47,9 +56,6 @@ def main(argv: list[str] | None = None) -> None:
         locks.acquire()
     except DataFolderInUse as error:
         sys.exit(f"run_api.py: {error}")
-    # Imported once the folder is ours: torch and SB3 take seconds to load, and a refused server should not wait.
-    from api import create_app
-
     try:
         uvicorn.run(
             create_app(settings),
