@@ -5,21 +5,19 @@ several samples that share a starting point are compared with each other, and ea
 reward normalised within the group. In an environment a *group* is ``group_size`` episodes reset with one
 shared seed, so they start from the same state and differ only by the actions the policy sampled; or, in
 branching mode (``group_mode="state"``), the actions tried from one visited state, each in its own copy of the
-environment.
+environment. The environment side (group-reset wrapper, forks) lives in ``envs.py``.
 """
 
 import copy
-from collections.abc import Callable, Generator, Sequence
-from contextlib import contextmanager
+import warnings
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
-import gymnasium as gym
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -29,20 +27,31 @@ from stable_baselines3.common.policies import (
 )
 from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedule, TensorDict
 from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
-from stable_baselines3.common.vec_env import (
-    DummyVecEnv,
-    VecCheckNan,
-    VecEnv,
-    VecEnvWrapper,
-    VecMonitor,
-    VecNormalize,
-    VecTransposeImage,
-)
+from stable_baselines3.common.vec_env import VecEnv
+from torch import nn
+
+from buffers import GroupRolloutBuffer
+from envs import EpisodeGroupMode, GroupMode, GroupResetWrapper, Observation, StateGroupMode, env_observations
+from rewards import get_reward_function
+
+__all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imported from here as well
+    "ADVANTAGE_MODES",
+    "GROUP_MODES",
+    "GRPO",
+    "SCALE_REWARDS",
+    "GroupResetWrapper",
+    "GroupRolloutBuffer",
+    "clipped_surrogate_loss",
+    "discounted_cumsum",
+    "k3_kl",
+    "outcome_advantages",
+    "process_advantages",
+    "timestep_advantages",
+]
 
 SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 
 RewardFunction = Callable[[Any, th.Tensor, Any], th.Tensor]
-Observation = np.ndarray | dict[str, np.ndarray]
 
 ADVANTAGE_MODES = ("outcome", "process", "timestep")
 GROUP_MODES = ("episode", "state")
@@ -54,8 +63,39 @@ SCALE_REWARDS = ("group", "batch", "none")
 # --------------------------------------------------------------------------------------------------------------
 
 
+class _NoValue(nn.Module):
+    """Stands where SB3's policies keep their value head: no parameters, and a value of 0 for ``forward``."""
+
+    def forward(self, latent_vf: th.Tensor) -> th.Tensor:
+        return th.zeros(len(latent_vf), 1, device=latent_vf.device)
+
+
 class _NoCritic:
-    """GRPO never trains the value head that SB3's actor-critic policies carry, so it refuses to answer."""
+    """GRPO never trains a critic, so its policies build none (whatever ``net_arch`` says about ``vf``) and
+    refuse to answer for one."""
+
+    default_net_arch: ClassVar[list[int] | dict[str, list[int]] | None] = {"pi": [64, 64], "vf": []}
+
+    def __init__(self, *args: Any, net_arch: list[int] | dict[str, list[int]] | None = None, **kwargs: Any):
+        if isinstance(net_arch, list) and net_arch and isinstance(net_arch[0], dict):
+            warnings.warn("net_arch=[dict(pi=..., vf=...)] is SB3's old format: pass the dict", stacklevel=3)
+            net_arch = net_arch[0]
+        if net_arch is None:
+            net_arch = self.default_net_arch
+        elif isinstance(net_arch, dict):  # SB3's dict(pi=..., vf=...): the actor's part only
+            net_arch = {"pi": list(net_arch.get("pi", [])), "vf": []}
+        else:  # SB3's shared list: it becomes the actor's layers
+            net_arch = {"pi": list(net_arch), "vf": []}
+        if kwargs.get("share_features_extractor") is False:
+            warnings.warn("GRPO has no critic to give a features extractor of its own: sharing it", stacklevel=3)
+        kwargs["share_features_extractor"] = True  # a separate extractor would only feed the absent critic
+        super().__init__(*args, net_arch=net_arch, **kwargs)
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)  # type: ignore[misc]
+        self.value_net = _NoValue()
+        # Rebuilt without the value head's parameters, which the base class had handed to it.
+        self.optimizer = self.optimizer_class(self.parameters(), lr=lr_schedule(1), **self.optimizer_kwargs)  # type: ignore[attr-defined]
 
     def predict_values(self, obs: th.Tensor | TensorDict) -> th.Tensor:
         raise NotImplementedError(
@@ -64,231 +104,25 @@ class _NoCritic:
         )
 
 
-class GRPOPolicy(_NoCritic, ActorCriticPolicy):
-    """``MlpPolicy``: SB3's ``ActorCriticPolicy`` whose value head is left empty (``vf=[]``) and unused."""
+def frozen_copy(policy: BasePolicy) -> BasePolicy:
+    """A copy of ``policy`` that is never trained: the reference of the KL penalty."""
+    reference = copy.deepcopy(policy)
+    reference.set_training_mode(False)
+    return reference.requires_grad_(False)
 
-    def __init__(self, *args: Any, net_arch: list[int] | dict[str, list[int]] | None = None, **kwargs: Any):
-        # The value network would only be dead weight; keep the actor at SB3's default size.
-        super().__init__(*args, net_arch=net_arch or {"pi": [64, 64], "vf": []}, **kwargs)
+
+class GRPOPolicy(_NoCritic, ActorCriticPolicy):
+    """``MlpPolicy``: SB3's ``ActorCriticPolicy`` without a value head."""
 
 
 class GRPOCnnPolicy(_NoCritic, ActorCriticCnnPolicy):
-    """``CnnPolicy``: SB3's ``ActorCriticCnnPolicy`` without a usable critic."""
+    """``CnnPolicy``: SB3's ``ActorCriticCnnPolicy`` without a value head."""
+
+    default_net_arch = None  # SB3's CNN default: the action head right on the CNN's features
 
 
 class GRPOMultiInputPolicy(_NoCritic, MultiInputActorCriticPolicy):
-    """``MultiInputPolicy`` (Dict observations): SB3's ``MultiInputActorCriticPolicy`` without a usable critic."""
-
-    def __init__(self, *args: Any, net_arch: list[int] | dict[str, list[int]] | None = None, **kwargs: Any):
-        super().__init__(*args, net_arch=net_arch or {"pi": [64, 64], "vf": []}, **kwargs)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Group starts: every member of a group is reset with the group's seed
-# --------------------------------------------------------------------------------------------------------------
-
-
-class GroupResetWrapper(gym.Wrapper):
-    """Lets GRPO choose the seed of an environment's next reset, including the VecEnv's automatic resets.
-
-    GRPO installs it itself on ``DummyVecEnv`` environments. For ``SubprocVecEnv`` build the envs with it:
-    ``make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=GroupResetWrapper)``.
-    """
-
-    def __init__(self, env: gym.Env):
-        super().__init__(env)
-        self._next_seed: int | None = None
-
-    def set_next_reset_seed(self, seed: int) -> None:
-        self._next_seed = seed
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[Any, dict]:
-        # GRPO's group seed wins over any seed the VecEnv forwards: the group layout depends on it.
-        if self._next_seed is not None:
-            seed, self._next_seed = self._next_seed, None
-        return self.env.reset(seed=seed, options=options)
-
-
-def install_group_reset(env: VecEnv) -> None:
-    """Make sure every sub-environment of ``env`` is wrapped in :class:`GroupResetWrapper`."""
-    if all(env.env_is_wrapped(GroupResetWrapper)):
-        return
-    base = env.unwrapped
-    if not isinstance(base, DummyVecEnv):
-        raise ValueError(
-            f"GRPO resets every member of a group with the group's seed, and cannot add that hook to the "
-            f"sub-environments of a {type(base).__name__}. Create it with "
-            "`make_vec_env(env_id, n_envs, vec_env_cls=SubprocVecEnv, wrapper_class=grpo.GroupResetWrapper)`."
-        )
-    base.envs = [env_i if _is_wrapped(env_i) else GroupResetWrapper(env_i) for env_i in base.envs]
-
-
-def _is_wrapped(env: gym.Env) -> bool:
-    while isinstance(env, gym.Wrapper):
-        if isinstance(env, GroupResetWrapper):
-            return True
-        env = env.env
-    return False
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Branches (state mode): forks of a sub-environment at its current state
-# --------------------------------------------------------------------------------------------------------------
-
-# Wrappers that only keep books (episode statistics, reset seeds): a fork leaves them out, so that a branch
-# neither copies their history nor writes to their files.
-_BOOKKEEPING_WRAPPERS: tuple[type[gym.Wrapper], ...] = (GroupResetWrapper, Monitor)
-# VecEnv wrappers whose observation transform GRPO replays on branch observations (None: they pass obs as is).
-_VEC_OBS_TRANSFORMS: dict[type[VecEnvWrapper], str | None] = {
-    VecMonitor: None,
-    VecCheckNan: None,
-    VecTransposeImage: "transpose_observations",
-    VecNormalize: "normalize_obs",  # with the running statistics, which branches never update
-}
-
-
-class Branch:
-    """One tried action's private copy of an environment; ``state`` is only used by :class:`StateSwapFork`."""
-
-    def __init__(self, env: gym.Env, state: Any = None):
-        self.env = env
-        self.state = state
-
-
-class DeepCopyFork:
-    """Branches are deep copies of the environment (its ``np_random`` included); the original is never touched.
-
-    Gymnasium's classic control, box2d and toy text environments copy out of the box.
-    """
-
-    def __init__(self, env: gym.Env):
-        self.env = env
-
-    def branch(self) -> Branch:
-        return Branch(copy.deepcopy(self.env))
-
-    def step(self, branch: Branch, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        return branch.env.step(action)
-
-    def restore(self) -> None:
-        """Nothing to put back: only the copies were stepped."""
-
-
-class StateSwapFork:
-    """For environments whose ``unwrapped`` offers ``get_state()`` / ``set_state(state)``: the wrappers are
-    copied, the simulator is shared. Each branch keeps its own state (and ``np_random`` state) and swaps it in
-    for each step; :meth:`restore` puts the original back."""
-
-    def __init__(self, env: gym.Env):
-        self.env = env
-        self.core = env.unwrapped
-        self.saved = self._snapshot()
-
-    def branch(self) -> Branch:
-        # Wrapper state (a TimeLimit's step count, ...) is copied; the simulator itself is shared.
-        return Branch(copy.deepcopy(self.env, memo={id(self.core): self.core}), self.saved)
-
-    def step(self, branch: Branch, action: Any) -> tuple[Any, float, bool, bool, dict]:
-        self._load(branch.state)
-        result = branch.env.step(action)
-        branch.state = self._snapshot()
-        return result
-
-    def restore(self) -> None:
-        self._load(self.saved)
-
-    def _snapshot(self) -> tuple[Any, dict | None]:
-        rng = getattr(self.core, "_np_random", None)
-        return self.core.get_state(), None if rng is None else copy.deepcopy(rng.bit_generator.state)  # type: ignore[attr-defined]
-
-    def _load(self, snapshot: tuple[Any, dict | None]) -> None:
-        state, rng_state = snapshot
-        self.core.set_state(state)  # type: ignore[attr-defined]
-        if rng_state is not None:
-            self.core._np_random.bit_generator.state = rng_state  # type: ignore[attr-defined]
-
-
-EnvFork = DeepCopyFork | StateSwapFork
-
-
-def fork_target(env: gym.Env) -> gym.Env:
-    """The part of a sub-environment a branch copies: without its outer bookkeeping wrappers."""
-    while isinstance(env, _BOOKKEEPING_WRAPPERS):
-        env = env.env
-    return env
-
-
-def _offers_state(env: gym.Env) -> bool:
-    return callable(getattr(env, "get_state", None)) and callable(getattr(env, "set_state", None))
-
-
-def fork_env(env: gym.Env) -> EnvFork:
-    """A fork of ``env`` at its current state, by ``get_state()``/``set_state()`` where offered, else deepcopy."""
-    target = fork_target(env)
-    return StateSwapFork(target) if _offers_state(target.unwrapped) else DeepCopyFork(target)
-
-
-def check_forkable(env: VecEnv) -> None:
-    """Fail now, with what to do, if state mode could not fork ``env``'s sub-environments at every branch point."""
-    wrapper = env
-    while isinstance(wrapper, VecEnvWrapper):
-        if type(wrapper) not in _VEC_OBS_TRANSFORMS:
-            supported = ", ".join(t.__name__ for t in _VEC_OBS_TRANSFORMS)
-            raise ValueError(
-                f"group_mode='state' feeds branch observations to the policy as the VecEnv would, and cannot "
-                f"replay what {type(wrapper).__name__} does to them. Use it without that wrapper, or "
-                f"group_mode='episode'. Supported VecEnv wrappers: {supported}."
-            )
-        wrapper = wrapper.venv
-    if not isinstance(wrapper, DummyVecEnv):
-        raise ValueError(
-            f"group_mode='state' forks each sub-environment at the states it branches from, and cannot reach the "
-            f"sub-environments of a {type(wrapper).__name__} (a SubprocVecEnv runs them in other processes). Use a "
-            "DummyVecEnv (make_vec_env's default), or group_mode='episode'."
-        )
-    for index, sub_env in enumerate(wrapper.envs):
-        target = fork_target(sub_env)
-        core = target.unwrapped
-        try:  # what a branch copies: everything, or the wrappers around a simulator that swaps its state
-            copy.deepcopy(target, memo={id(core): core} if _offers_state(core) else {})
-        except Exception as error:  # whatever the copy raises, this env cannot be branched
-            raise ValueError(
-                f"group_mode='state' tries actions in copies of the environment, and sub-environment {index} "
-                f"({fork_target(sub_env)}) cannot be copied: copy.deepcopy raised {type(error).__name__}: {error}. "
-                "Make it deep-copyable, or give its unwrapped env get_state()/set_state(state) methods that "
-                "capture and restore its whole state, or use group_mode='episode'."
-            ) from error
-
-
-def vec_observations(env: VecEnv, obs: Observation) -> Observation:
-    """Stacked sub-environment observations as the policy sees them: through the VecEnv wrappers' transforms."""
-    wrappers = []
-    while isinstance(env, VecEnvWrapper):
-        wrappers.append(env)
-        env = env.venv
-    for wrapper in reversed(wrappers):  # the innermost wrapper transforms first
-        method = _VEC_OBS_TRANSFORMS[type(wrapper)]
-        if method is not None:
-            obs = getattr(wrapper, method)(obs)
-    return obs
-
-
-def _stack_observations(observations: Sequence[Any]) -> Observation:
-    if isinstance(observations[0], dict):
-        return {key: np.stack([obs[key] for obs in observations]) for key in observations[0]}
-    return np.stack(observations)
-
-
-@contextmanager
-def _private_torch_rng(seed: int, device: th.device) -> Generator[None, None, None]:
-    """Sample with torch's global generator reseeded, then give it back untouched: branches must not change the
-    random numbers the real trajectory draws."""
-    index = (device.index if device.index is not None else th.cuda.current_device()) if device.type == "cuda" else None
-    with th.random.fork_rng(devices=[] if index is None else [index], device_type="cuda"):
-        th.default_generator.manual_seed(seed)
-        if index is not None:
-            th.cuda.default_generators[index].manual_seed(seed)
-        yield
+    """``MultiInputPolicy`` (Dict observations): SB3's ``MultiInputActorCriticPolicy`` without a value head."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -445,16 +279,8 @@ def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_low: fl
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Rollout buffer: in-flight episodes until their whole group is done, then a flat training batch
+# Rewards: the env's, or the reward functions' on the env's own observations
 # --------------------------------------------------------------------------------------------------------------
-
-
-class GroupRolloutBufferSamples(NamedTuple):
-    observations: th.Tensor | TensorDict
-    actions: th.Tensor
-    old_log_prob: th.Tensor
-    advantages: th.Tensor
-    ref_log_prob: th.Tensor
 
 
 def _same_device(a: th.device, b: th.device) -> bool:
@@ -462,226 +288,90 @@ def _same_device(a: th.device, b: th.device) -> bool:
     return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
 
 
-def _obs_map(fn: Callable[[np.ndarray], Any], obs: Observation) -> Any:
-    return {key: fn(value) for key, value in obs.items()} if isinstance(obs, dict) else fn(obs)
+def reward_functions(reward_function: Any) -> list[RewardFunction]:
+    """GRPO's ``reward_function`` argument as a list of callables (registry names looked up)."""
+    if reward_function is None:
+        return []
+    single = callable(reward_function) or isinstance(reward_function, str)
+    entries = [reward_function] if single else list(reward_function)
+    functions = [get_reward_function(entry) if isinstance(entry, str) else entry for entry in entries]
+    return [fn for fn in functions if fn is not None]  # the registry's "env": the environment's own reward
 
 
-def _obs_concat(chunks: Sequence[Observation]) -> Observation:
-    if isinstance(chunks[0], dict):
-        return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
-    return np.concatenate(chunks)
+def score_transitions(
+    functions: Sequence[RewardFunction],
+    weights: Sequence[float] | None,
+    state: th.Tensor | TensorDict,
+    action: th.Tensor,
+    next_state: th.Tensor | TensorDict,
+) -> th.Tensor:
+    """The weighted sum of the reward functions, each called once on the whole batch (float64, shape [batch])."""
+    batch = len(action)
+    total = th.zeros(batch, device=action.device, dtype=th.float64)
+    with th.no_grad():
+        for fn, weight in zip(functions, weights or [1.0] * len(functions), strict=True):
+            total += weight * _checked_reward(fn, fn(state, action, next_state), batch, action.device)
+    return total
 
 
-class GroupRolloutBuffer(RolloutBuffer):
-    """Rollout buffer for GRPO.
-
-    Steps are recorded per environment slot into the episode that slot is running. A group's data becomes
-    trainable only once all ``group_size`` of its episodes ended; until then (possibly across rollouts) it
-    stays in flight. :meth:`release_complete_groups` turns the finished groups into a flat batch, ordered by
-    episode and time, which :meth:`get` serves in shuffled mini-batches after the algorithm has filled in
-    ``rewards`` and ``advantages``.
-
-    In state mode a group is the branches tried from one state (:meth:`start_branch_group`), each branch an
-    episode recorded with :meth:`add_transitions`: its first step (the tried action) is the training sample,
-    its lookahead steps are kept only so that their rewards count in the branch's return.
-
-    :param observation_space: Observation space
-    :param action_space: Action space
-    :param device: PyTorch device the training batch lives on
-    :param n_envs: Number of environment slots
-    :param group_size: Number of episodes in a group
-    :param store_next_obs: Keep next observations too (needed by custom reward functions)
-    """
-
-    def __init__(
-        self,
-        observation_space: spaces.Space,
-        action_space: spaces.Space,
-        device: th.device | str = "auto",
-        n_envs: int = 1,
-        group_size: int = 8,
-        store_next_obs: bool = False,
-    ):
-        self.group_size = group_size
-        self.store_next_obs = store_next_obs
-        # buffer_size is meaningless here: a batch is as long as its groups' episodes.
-        super().__init__(1, observation_space, action_space, device=device, n_envs=n_envs)
-        self.clear_in_flight()
-
-    def reset(self) -> None:
-        """Drop the training batch (in-flight episodes are kept)."""
-        self.size = 0
-        self.observations: Observation | None = None
-        self.next_observations: Observation | None = None
-        self.actions = np.zeros((0, self.action_dim), dtype=np.float32)
-        self.env_rewards = np.zeros(0, dtype=np.float32)
-        self.log_probs = np.zeros(0, dtype=np.float32)
-        self.rewards = np.zeros(0, dtype=np.float32)
-        self.advantages = np.zeros(0, dtype=np.float32)
-        self.ref_log_probs: np.ndarray | None = None
-        self.episodes = np.zeros(0, dtype=np.int64)
-        self.episode_groups = np.zeros(0, dtype=np.int64)
-        self.trainable = np.zeros(0, dtype=bool)
-        self.full = False
-        self.generator_ready = False
-
-    def clear_in_flight(self) -> None:
-        """Forget unfinished episodes, e.g. when the environment is reset under them."""
-        self._chunks: dict[str, list[Any]] = {key: [] for key in self._chunk_keys()}
-        self._next_episode_id = 0
-        self._slot_episode = np.full(self.n_envs, -1, dtype=np.int64)
-        self._episode_group: dict[int, int] = {}
-        self._episode_length: dict[int, int] = {}
-        self._group_members: dict[int, int] = {}
-        self._group_done: dict[int, int] = {}
-        self._group_steps: dict[int, int] = {}
-        self._next_branch_group = -1  # branch groups count down from -1, episode groups up from 0
-        self.ready_steps = 0
-
-    @staticmethod
-    def _chunk_keys() -> tuple[str, ...]:
-        return ("obs", "next_obs", "actions", "env_rewards", "log_probs", "episodes", "steps", "trainable")
-
-    def _open_episode(self, group: int, members: int) -> int:
-        episode = self._next_episode_id
-        self._next_episode_id += 1
-        self._episode_group[episode] = group
-        self._episode_length[episode] = 0
-        self._group_members.setdefault(group, members)
-        self._group_done.setdefault(group, 0)
-        self._group_steps.setdefault(group, 0)
-        return episode
-
-    def start_episode(self, slot: int, group: int) -> None:
-        """The slot starts an episode of ``group`` (one of ``group_size`` episodes reset with the same seed)."""
-        self._slot_episode[slot] = self._open_episode(group, self.group_size)
-
-    def start_branch_group(self, members: int) -> np.ndarray:
-        """Open a group of ``members`` branches tried from one state (state mode); returns their episode ids."""
-        group = self._next_branch_group
-        self._next_branch_group -= 1
-        return np.array([self._open_episode(group, members) for _ in range(members)], dtype=np.int64)
-
-    def add(  # type: ignore[override]
-        self,
-        obs: Observation,
-        action: np.ndarray,
-        reward: np.ndarray,
-        log_prob: th.Tensor,
-        next_obs: Observation | None = None,
-    ) -> None:
-        """Record one VecEnv step (one transition per slot)."""
-        self.add_transitions(self._slot_episode.copy(), obs, action, reward, log_prob, next_obs)
-
-    def add_transitions(
-        self,
-        episodes: np.ndarray,
-        obs: Observation,
-        action: np.ndarray,
-        reward: np.ndarray,
-        log_prob: th.Tensor,
-        next_obs: Observation | None = None,
-        trainable: bool = True,
-    ) -> None:
-        """Record one transition for each of ``episodes``; ``trainable=False`` rows only contribute rewards."""
-        n = len(episodes)
-        steps = np.array([self._episode_length[e] for e in episodes], dtype=np.int64)
-        for episode in episodes:
-            self._episode_length[episode] += 1
-        chunk = {
-            "obs": _obs_map(np.copy, obs),
-            "next_obs": _obs_map(np.copy, next_obs) if self.store_next_obs and next_obs is not None else None,
-            "actions": np.asarray(action).reshape(n, self.action_dim).astype(np.float32),
-            "env_rewards": np.asarray(reward, dtype=np.float32).reshape(n),
-            "log_probs": log_prob.detach().cpu().numpy().reshape(n).astype(np.float32),
-            "episodes": episodes,
-            "steps": steps,
-            "trainable": np.full(n, trainable),
-        }
-        for key, value in chunk.items():
-            self._chunks[key].append(value)
-
-    def finish_episode(self, slot: int) -> None:
-        self.finish_episodes([int(self._slot_episode[slot])])
-
-    def finish_episodes(self, episodes: Sequence[int] | np.ndarray) -> None:
-        for episode in episodes:
-            group = self._episode_group[episode]
-            self._group_done[group] += 1
-            self._group_steps[group] += self._episode_length[episode]
-            if self._group_done[group] == self._group_members[group]:
-                self.ready_steps += self._group_steps[group]
-
-    def release_complete_groups(self) -> None:
-        """Move every complete group into the training batch; keep the rest in flight."""
-        self.reset()
-        complete = {g for g, done in self._group_done.items() if done == self._group_members[g]}
-        if not complete or not self._chunks["episodes"]:
-            return
-        episodes = np.concatenate(self._chunks["episodes"])
-        steps = np.concatenate(self._chunks["steps"])
-        groups = np.array([self._episode_group[e] for e in episodes])
-        ready = np.isin(groups, list(complete))
-        # Group by episode, then by time inside each episode.
-        order = np.flatnonzero(ready)[np.lexsort((steps[ready], episodes[ready]))]
-        keep = np.flatnonzero(~ready)
-
-        flat = {
-            key: (_obs_concat(chunks) if key in ("obs", "next_obs") else np.concatenate(chunks))
-            for key, chunks in self._chunks.items()
-            if chunks and chunks[0] is not None
-        }
-        take = {key: _obs_map(lambda a, idx=order: a[idx], value) for key, value in flat.items()}
-        self._chunks = {key: [] for key in self._chunk_keys()}
-        if len(keep):
-            for key in self._chunk_keys():
-                self._chunks[key].append(_obs_map(lambda a, idx=keep: a[idx], flat[key]) if key in flat else None)
-
-        # Dense ids for the released episodes and groups, as the advantage functions expect.
-        _, self.episodes = np.unique(take["episodes"], return_inverse=True)
-        released_episodes = np.unique(take["episodes"])
-        _, self.episode_groups = np.unique([self._episode_group[e] for e in released_episodes], return_inverse=True)
-        for episode in released_episodes:
-            del self._episode_group[episode], self._episode_length[episode]
-        for group in complete:
-            del self._group_members[group], self._group_done[group], self._group_steps[group]
-        self.ready_steps = 0
-
-        self.observations = take["obs"]
-        self.next_observations = take.get("next_obs")
-        self.actions = take["actions"]
-        self.env_rewards = take["env_rewards"]
-        self.log_probs = take["log_probs"]
-        self.trainable = take["trainable"]
-        self.size = len(order)
-        self.full = True
-
-    @property
-    def n_groups(self) -> int:
-        return int(self.episode_groups.max()) + 1 if self.size else 0
-
-    def observation_tensor(self, indices: np.ndarray | slice | None = None) -> th.Tensor | TensorDict:
-        assert self.observations is not None
-        index = slice(None) if indices is None else indices
-        return obs_as_tensor(_obs_map(lambda a: a[index], self.observations), self.device)
-
-    def get(self, batch_size: int | None = None) -> Generator[GroupRolloutBufferSamples, None, None]:  # type: ignore[override]
-        """Shuffled mini-batches of the trainable rows (every row, except a branch's lookahead steps)."""
-        assert self.full, "release_complete_groups() first"
-        indices = np.random.permutation(np.flatnonzero(self.trainable))
-        batch_size = batch_size or len(indices)
-        for start in range(0, len(indices), batch_size):
-            yield self._get_samples(indices[start : start + batch_size])
-
-    def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> GroupRolloutBufferSamples:  # type: ignore[override]
-        ref = self.ref_log_probs if self.ref_log_probs is not None else self.log_probs
-        return GroupRolloutBufferSamples(
-            observations=self.observation_tensor(batch_inds),
-            actions=self.to_torch(self.actions[batch_inds]),
-            old_log_prob=self.to_torch(self.log_probs[batch_inds]),
-            advantages=self.to_torch(self.advantages[batch_inds]),
-            ref_log_prob=self.to_torch(ref[batch_inds]),
+def _checked_reward(fn: RewardFunction, reward: Any, batch: int, device: th.device) -> th.Tensor:
+    name = getattr(fn, "__name__", repr(fn))
+    if not isinstance(reward, th.Tensor):
+        raise ValueError(f"reward function {name!r} returned {type(reward).__name__}, expected a torch.Tensor")
+    if tuple(reward.shape) not in ((batch, 1), (batch,)):
+        raise ValueError(
+            f"reward function {name!r} returned shape {tuple(reward.shape)}, expected ({batch}, 1) "
+            "(one reward per transition)"
         )
+    if not reward.is_floating_point():
+        raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
+    if not _same_device(reward.device, device):
+        raise ValueError(
+            f"reward function {name!r} returned a tensor on {reward.device}, expected {device} "
+            "(build it from the inputs, which are already there)"
+        )
+    if not th.isfinite(reward).all():
+        raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
+    return reward.reshape(batch).to(th.float64)
+
+
+def _check_arguments(self: "GRPO") -> None:
+    """Fail at construction (and at load, on the overrides given there) with what to change."""
+    if self.group_size < 2:
+        raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
+    if self.advantage not in ADVANTAGE_MODES:
+        raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
+    if self.group_mode not in GROUP_MODES:
+        raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
+    if self.branch_interval < 1 or self.lookahead < 0:
+        raise ValueError(
+            f"branch_interval must be positive and lookahead non-negative, got {self.branch_interval} "
+            f"and {self.lookahead}"
+        )
+    if self.group_mode == "state" and self.advantage != "outcome":
+        raise ValueError(
+            f"group_mode='state' judges each tried action by its branch's return (advantage='outcome'), "
+            f"got advantage={self.advantage!r}"
+        )
+    if self.group_mode == "state" and self.use_sde:
+        raise ValueError(
+            "group_mode='state' cannot use gSDE: its exploration noise is fixed for a state, so the actions "
+            "tried there would all be the same"
+        )
+    if self.scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
+    if self.n_steps < 1 or self.batch_size < 1 or self.n_epochs < 1:
+        raise ValueError("n_steps, batch_size and n_epochs must all be positive")
+    if self.beta < 0:
+        raise ValueError(f"beta must be non-negative, got {self.beta}")
+    if self.ref_update_interval is not None and self.ref_update_interval < 1:
+        raise ValueError(f"ref_update_interval must be positive or None, got {self.ref_update_interval}")
+    functions = reward_functions(self.reward_function)  # names are looked up here: an unknown one fails now
+    for fn in functions:
+        if not callable(fn):
+            raise ValueError(f"reward_function entries must be callable or registry names, got {fn!r}")
+    if self.reward_weights is not None and len(self.reward_weights) != len(functions):
+        raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(functions)} reward functions")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -694,52 +384,34 @@ class GRPO(OnPolicyAlgorithm):
     Group Relative Policy Optimization (GRPO), critic-free.
 
     Paper: DeepSeekMath, https://arxiv.org/abs/2402.03300; clip-higher from DAPO, https://arxiv.org/abs/2503.14476;
-    unscaled advantages from Dr. GRPO, https://arxiv.org/abs/2503.20783.
-    Each group is ``group_size`` episodes started from the same state (one reset seed); each episode is judged
-    against its own group. Groups are spread over the VecEnv's slots: whenever a slot's episode ends, the
-    slot starts the next episode of the oldest group that still needs members.
-
-    With ``group_mode="state"`` a group is instead a set of actions tried from one state, as TRPO's "vine"
-    sampling does (Schulman et al. 2015, https://arxiv.org/abs/1502.05477): along the real trajectory, every
-    ``branch_interval``-th state of each slot is forked, each action is stepped in its own copy of the
-    environment, which then follows the current policy for ``lookahead`` more steps; an action's advantage is
-    its branch's discounted return z-scored within the group. The real trajectory only visits states: it is
-    neither disturbed by the branches nor trained on. ``num_timesteps`` counts real steps, ``num_branch_steps``
-    the branches' steps.
+    unscaled advantages from Dr. GRPO, https://arxiv.org/abs/2503.20783; branching as TRPO's "vine" sampling,
+    https://arxiv.org/abs/1502.05477. Each group is ``group_size`` episodes started from the same state (one reset
+    seed), or (``group_mode="state"``) the actions tried from one state of the real trajectory, each in a fork of
+    the env that then follows the policy for ``lookahead`` steps; each member is judged against its own group.
 
     :param policy: The policy model to use (MlpPolicy, CnnPolicy, MultiInputPolicy)
-    :param env: The environment to learn from (if registered in Gym, can be str). A ``DummyVecEnv`` of any size
-        works as is; a ``SubprocVecEnv`` must wrap its envs in :class:`GroupResetWrapper` (episode mode) and
-        cannot be used in state mode, whose sub-environments must be deep-copyable or offer
-        ``get_state()``/``set_state(state)`` on their unwrapped env
+    :param env: The environment to learn from (if registered in Gym, can be str). A ``SubprocVecEnv`` must wrap
+        its envs in :class:`GroupResetWrapper`; state mode needs a ``DummyVecEnv`` of forkable envs (README)
     :param learning_rate: The learning rate, it can be a function of the current progress remaining (from 1 to 0)
     :param n_steps: Episode mode: minimum number of steps per environment slot in one update, a rollout goes on
         until the complete groups hold at least ``n_steps * n_envs`` steps (or the budget is spent). State mode:
         real steps per slot in one rollout, as in PPO
     :param batch_size: Minibatch size
     :param n_epochs: Number of epochs when optimizing the surrogate loss
-    :param group_size: Number of episodes per group (G); at least 2. State mode: number of actions sampled at
-        each branch point for Box, MultiDiscrete and MultiBinary spaces (a Discrete space tries every action)
+    :param group_size: Number of episodes per group (G); at least 2. The first group completes after about
+        ``ceil(G / n_envs) * n_envs * episode_length`` steps; ``learn`` warns when its budget may not. State
+        mode: number of actions sampled at each branch point for Box, MultiDiscrete and MultiBinary spaces (a
+        Discrete space tries every action)
     :param group_mode: ``"episode"``: a group is ``group_size`` episodes reset with one seed; ``"state"``: a
         group is a set of actions tried from one state of the real trajectory, each in a fork of the env
     :param branch_interval: State mode: branch at every this many-th state of each slot's episode (from its
         first state)
-    :param lookahead: State mode: steps each branch follows the current policy after its tried action (it stops
-        earlier at termination or truncation); a branch is ``1 + lookahead`` steps long. The default, 4, is set
-        for physical control tasks, where an action moves velocities first and positions only a step later:
-        CartPole's Euler integration updates the pole angle with the angular velocity of the previous step, so
-        the angle one step ahead does not depend on the action at all, and ``lookahead=0`` (a 1-step
-        comparison) gives angle-based rewards such as ``optimized_cartpole`` exactly zero advantage. From 1 on
-        the push shows; 4 leaves a margin for slower responses. With ``optimized_cartpole`` and the benchmark's
-        settings, lookaheads 1 to 8 all solved CartPole within 4k real steps on each of 8 seeds. A sparse
-        reward that only differs at failures (CartPole's own +1) needs the failure to happen inside the
-        lookahead. Each branch point costs up to ``(1 + lookahead)`` steps per tried action
+    :param lookahead: State mode: steps each branch follows the current policy after its tried action (fewer if
+        it ends); 4 suits physical control, where an action moves positions only a step later (README)
     :param gamma: Discount factor of the returns that are compared within a group
-    :param advantage: ``"timestep"``: a step's return-to-go against its group's return-to-go at the same step
-        index (a per-timestep group baseline); ``"outcome"``: an episode's return, normalised in its group, for
-        all its steps (DeepSeekMath); ``"process"``: step rewards normalised in the group, advantage = their
-        return-to-go (DeepSeekMath). ``None``: ``"timestep"`` in episode mode, ``"outcome"`` in state mode (the
-        only one there: each branch is an "episode" whose return judges its first action)
+    :param advantage: ``"timestep"`` (per-timestep group baseline), ``"outcome"`` or ``"process"`` (DeepSeekMath),
+        see the advantage functions. ``None``: ``"timestep"`` in episode mode, ``"outcome"`` (the only one) in
+        state mode
     :param scale_rewards: Divide by the std of the ``"group"`` (DeepSeekMath), of the whole ``"batch"``, or
         ``"none"`` (Dr. GRPO)
     :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
@@ -751,8 +423,9 @@ class GRPO(OnPolicyAlgorithm):
     :param max_grad_norm: The maximum value for the gradient clipping
     :param target_kl: Limit the KL divergence between updates (early stop of the epoch loop), as in SB3's PPO
     :param reward_function: ``None`` to use the environment's reward, or a batched callable
-        ``(state, action, next_state) -> Tensor[batch, 1]`` (or a list of them), evaluated once per rollout on
-        the algorithm's device
+        ``(state, action, next_state) -> Tensor[batch, 1]``, a name from ``rewards.REWARD_FUNCTIONS``, or a list
+        of them; evaluated once per rollout on the algorithm's device, on the env's own observations (before
+        VecNormalize and VecTransposeImage)
     :param reward_weights: Weights of the reward functions (default: 1 each)
     :param use_sde: Whether to use generalized State Dependent Exploration (gSDE)
     :param sde_sample_freq: Sample a new noise matrix every n steps when using gSDE (-1: once per rollout)
@@ -794,7 +467,7 @@ class GRPO(OnPolicyAlgorithm):
         ent_coef: float = 0.0,
         max_grad_norm: float = 0.5,
         target_kl: float | None = None,
-        reward_function: RewardFunction | Sequence[RewardFunction] | None = None,
+        reward_function: RewardFunction | str | Sequence[RewardFunction | str] | None = None,
         reward_weights: Sequence[float] | None = None,
         use_sde: bool = False,
         sde_sample_freq: int = -1,
@@ -818,7 +491,6 @@ class GRPO(OnPolicyAlgorithm):
             max_grad_norm=max_grad_norm,
             use_sde=use_sde,
             sde_sample_freq=sde_sample_freq,
-            rollout_buffer_class=GroupRolloutBuffer,
             stats_window_size=stats_window_size,
             tensorboard_log=tensorboard_log,
             policy_kwargs=policy_kwargs,
@@ -845,50 +517,11 @@ class GRPO(OnPolicyAlgorithm):
         self.reward_weights = reward_weights
         self._n_policy_updates = 0  # train() calls, for the reference refresh
         self.num_branch_steps = 0  # environment steps taken in branches, never counted in num_timesteps
-        self._check_arguments()
         if _init_setup_model:
             self._setup_model()
 
-    def _check_arguments(self) -> None:
-        if self.group_size < 2:
-            raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
-        if self.advantage not in ADVANTAGE_MODES:
-            raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
-        if self.group_mode not in GROUP_MODES:
-            raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
-        if self.branch_interval < 1 or self.lookahead < 0:
-            raise ValueError(
-                f"branch_interval must be positive and lookahead non-negative, got {self.branch_interval} "
-                f"and {self.lookahead}"
-            )
-        if self.group_mode == "state" and self.advantage != "outcome":
-            raise ValueError(
-                f"group_mode='state' judges each tried action by its branch's return (advantage='outcome'), "
-                f"got advantage={self.advantage!r}"
-            )
-        if self.group_mode == "state" and self.use_sde:
-            raise ValueError(
-                "group_mode='state' cannot use gSDE: its exploration noise is fixed for a state, so the actions "
-                "tried there would all be the same"
-            )
-        if self.scale_rewards not in SCALE_REWARDS:
-            raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
-        if self.n_steps < 1 or self.batch_size < 1 or self.n_epochs < 1:
-            raise ValueError("n_steps, batch_size and n_epochs must all be positive")
-        if self.beta < 0:
-            raise ValueError(f"beta must be non-negative, got {self.beta}")
-        if self.ref_update_interval is not None and self.ref_update_interval < 1:
-            raise ValueError(f"ref_update_interval must be positive or None, got {self.ref_update_interval}")
-        functions = self._reward_functions()
-        for fn in functions:
-            if not callable(fn):
-                raise ValueError(f"reward_function entries must be callable, got {fn!r}")
-        if self.reward_weights is not None and len(self.reward_weights) != len(functions):
-            raise ValueError(
-                f"reward_weights has {len(self.reward_weights)} entries for {len(functions)} reward functions"
-            )
-
     def _setup_model(self) -> None:
+        _check_arguments(self)  # here, so that GRPO.load(..., **kwargs) checks its overrides too
         self._setup_lr_schedule()
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(  # type: ignore[assignment]
@@ -902,74 +535,27 @@ class GRPO(OnPolicyAlgorithm):
             device=self.device,
             n_envs=self.n_envs,
             group_size=self.group_size,
-            store_next_obs=bool(self._reward_functions()),
+            store_next_obs=bool(reward_functions(self.reward_function)),
         )
         self.clip_range = FloatSchedule(self.clip_range)
         if self.clip_range_high is not None:
             self.clip_range_high = FloatSchedule(self.clip_range_high)
-        self.ref_policy = self._make_reference()
-        # Group reset seeds come from their own generator so that the same seed gives the same groups.
-        self._group_rng = np.random.default_rng(self.seed)
-        self._open_group = -1
-        self._open_group_seed = 0
-        self._open_group_left = 0
-        self._slot_next_start: list[tuple[int, int]] = []
-        # State mode: branch actions and lookaheads draw from their own stream, never the real trajectory's.
-        self._branch_rng = np.random.default_rng(None if self.seed is None else [self.seed, 1])
-        self._slot_steps = np.zeros(self.n_envs, dtype=np.int64)  # real steps into each slot's episode
+        self.ref_policy = None if self.beta == 0 else frozen_copy(self.policy)
+        # The one place where the two group modes differ: how the env is driven to fill groups.
+        self.groups: GroupMode = StateGroupMode(self) if self.group_mode == "state" else EpisodeGroupMode(self)
+        self._last_env_obs: Observation | None = None  # _last_obs as the env made it, for reward functions
         if self.env is not None:
-            self._prepare_env(self.env)
+            self.groups.prepare_env(self.env)
 
-    def _prepare_env(self, env: VecEnv) -> None:
-        if self.group_mode == "state":
-            check_forkable(env)
-        else:
-            install_group_reset(env)
-
-    def _make_reference(self) -> BasePolicy | None:
-        if self.beta == 0:
-            return None
-        reference = copy.deepcopy(self.policy)
-        reference.set_training_mode(False)
-        reference.requires_grad_(False)
-        return reference
-
-    def _excluded_save_params(self) -> list[str]:
-        # The reference policy is rebuilt from the trained policy on load.
-        return [
-            *super()._excluded_save_params(),
-            "ref_policy",
-            "_group_rng",
-            "_slot_next_start",
-            "_branch_rng",
-            "_slot_steps",
-        ]
+    def _excluded_save_params(self) -> list[str]:  # all three are rebuilt on load
+        return [*super()._excluded_save_params(), "ref_policy", "groups", "_last_env_obs"]
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
+        previous = self.env
         super().set_env(env, force_reset=force_reset)
-        self._prepare_env(self.env)  # type: ignore[arg-type]
-
-    # ---------------------------------------------------------------------------------------- group starts --
-
-    def _reserve_episode_start(self) -> tuple[int, int]:
-        """The (group, reset seed) of the next episode to start: fill the open group, then open a new one."""
-        if self._open_group_left == 0:
-            self._open_group += 1
-            self._open_group_seed = int(self._group_rng.integers(0, 2**31 - 1))
-            self._open_group_left = self.group_size
-        self._open_group_left -= 1
-        return self._open_group, self._open_group_seed
-
-    def _reserve_next_start(self, slot: int) -> None:
-        """Pick the slot's next episode now: a VecEnv resets a finished env within the same ``step`` call."""
-        group, seed = self._reserve_episode_start()
-        self._slot_next_start[slot] = (group, seed)
-        assert self.env is not None
-        self.env.env_method("set_next_reset_seed", seed, indices=[slot])
-
-    def _begin_episode(self, slot: int) -> None:
-        self.rollout_buffer.start_episode(slot, self._slot_next_start[slot][0])
-        self._reserve_next_start(slot)
+        self.groups.prepare_env(self.env)  # type: ignore[arg-type]
+        if self.env is not previous:
+            self.groups.forget_env()
 
     def _setup_learn(
         self,
@@ -979,28 +565,26 @@ class GRPO(OnPolicyAlgorithm):
         tb_log_name: str = "run",
         progress_bar: bool = False,
     ) -> tuple[int, BaseCallback]:
-        env_reset = reset_num_timesteps or self._last_obs is None
-        episode_groups = self.group_mode == "episode"
+        assert self.env is not None
         if reset_num_timesteps:
             self.num_branch_steps = 0
+        env_reset = reset_num_timesteps or self._last_obs is None or not self.groups.env_continues(self.env)
         if env_reset:
-            assert self.env is not None
-            self.rollout_buffer.clear_in_flight()
-            self._slot_steps = np.zeros(self.env.num_envs, dtype=np.int64)
-        if env_reset and episode_groups:
-            self._open_group_left = 0  # a half-filled group would mix reset seeds
-            self._slot_next_start = [(0, 0)] * self.env.num_envs  # type: ignore[union-attr]
-            for slot in range(self.env.num_envs):  # type: ignore[union-attr]
-                self._reserve_next_start(slot)
+            self._last_obs = None  # the base class resets the env
+            self.groups.before_reset(self.env)
+        else:
+            self.groups.resume(self.env)
+        message = self.groups.budget_warning(total_timesteps)
+        if message is not None:
+            warnings.warn(message, stacklevel=3)
         total_timesteps, callback = super()._setup_learn(
             total_timesteps, callback, reset_num_timesteps, tb_log_name, progress_bar
         )
-        if env_reset and episode_groups:
-            for slot in range(self.env.num_envs):  # type: ignore[union-attr]
-                self._begin_episode(slot)
+        if env_reset:
+            if self.rollout_buffer.store_next_obs:
+                self._last_env_obs = env_observations(self.env, self._last_obs)  # type: ignore[arg-type]
+            self.groups.after_reset(self.env)
         return total_timesteps, callback
-
-    # ------------------------------------------------------------------------------------------- rollouts --
 
     def collect_rollouts(
         self,
@@ -1009,8 +593,7 @@ class GRPO(OnPolicyAlgorithm):
         rollout_buffer: RolloutBuffer,
         n_rollout_steps: int,
     ) -> bool:
-        """Step the envs until complete groups hold ``n_rollout_steps * n_envs`` steps (state mode: for
-        ``n_rollout_steps`` real steps, branching along the way), or until the budget is spent; then score the
+        """Step the envs until the group mode says the rollout is full or the budget is spent, then score the
         complete groups and compute their group-relative advantages."""
         assert self._last_obs is not None, "No previous observation was provided"
         assert isinstance(rollout_buffer, GroupRolloutBuffer)
@@ -1021,9 +604,7 @@ class GRPO(OnPolicyAlgorithm):
 
         callback.on_rollout_start()
         n_steps = 0
-        while not self._rollout_full(rollout_buffer, n_steps, n_rollout_steps) and (
-            self.num_timesteps < self._total_timesteps
-        ):
+        while not self.groups.rollout_full(n_steps, n_rollout_steps) and self.num_timesteps < self._total_timesteps:
             if self.use_sde and self.sde_sample_freq > 0 and n_steps % self.sde_sample_freq == 0:
                 self.policy.reset_noise(env.num_envs)
 
@@ -1034,26 +615,21 @@ class GRPO(OnPolicyAlgorithm):
                 actions_t = distribution.get_actions()
                 log_probs = distribution.log_prob(actions_t)
             actions = actions_t.cpu().numpy()
-            if self.group_mode == "state":  # fork the due slots before the real step moves them on
-                self._branch(env, np.flatnonzero(self._slot_steps % self.branch_interval == 0))
+            self.groups.before_step(env)
             new_obs, rewards, dones, infos = env.step(self._env_actions(actions))
             self.num_timesteps += env.num_envs
+            n_steps += 1
 
+            # Booked before the callback may stop training: a later learn must find every slot's next episode.
+            self.groups.record_step(env, actions, rewards, log_probs, new_obs, dones, infos)
+            self._update_info_buffer(infos, dones)
+            self._last_obs = new_obs  # type: ignore[assignment]
+            self._last_episode_starts = dones
+            if rollout_buffer.store_next_obs:
+                self._last_env_obs = env_observations(env, new_obs)  # type: ignore[arg-type]
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
-            self._update_info_buffer(infos, dones)
-            n_steps += 1
-
-            if self.group_mode == "episode":  # state mode trains on its branches, not on the real steps
-                next_obs = self._true_next_obs(new_obs, dones, infos) if rollout_buffer.store_next_obs else None
-                rollout_buffer.add(self._last_obs, actions, rewards, log_probs, next_obs)  # type: ignore[arg-type]
-                for slot in np.flatnonzero(dones):
-                    rollout_buffer.finish_episode(slot)
-                    self._begin_episode(slot)
-            self._slot_steps = np.where(dones, 0, self._slot_steps + 1)
-            self._last_obs = new_obs  # type: ignore[assignment]
-            self._last_episode_starts = dones
 
         rollout_buffer.release_complete_groups()
         if rollout_buffer.size:
@@ -1065,136 +641,30 @@ class GRPO(OnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
-    def _rollout_full(self, buffer: GroupRolloutBuffer, n_steps: int, n_rollout_steps: int) -> bool:
-        if self.group_mode == "state":  # branch groups complete at once: a rollout is n_steps real steps, as in PPO
-            return n_steps >= n_rollout_steps
-        return buffer.ready_steps >= n_rollout_steps * buffer.n_envs
-
-    # ------------------------------------------------------------------------------ branches (state mode) --
-
-    def _branch(self, env: VecEnv, slots: np.ndarray) -> None:
-        """Try a group of actions from the current state of each of ``slots``, each in its own fork of the
-        sub-environment, then follow the current policy for ``lookahead`` steps. Every branch is an episode of
-        its state's group: its first step is the training sample, its later steps only add their rewards."""
-        if not len(slots):
-            return
-        buffer = self.rollout_buffer
-        sub_envs = env.unwrapped.envs  # type: ignore[attr-defined]  # a DummyVecEnv: check_forkable made sure
-        forks = [fork_env(sub_envs[slot]) for slot in slots]
-        try:
-            with th.no_grad(), _private_torch_rng(int(self._branch_rng.integers(2**62)), self.device):
-                obs, actions, log_probs, members = self._tried_actions(_obs_map(lambda a: a[slots], self._last_obs))
-                fork_of = np.repeat(np.arange(len(slots)), members)
-                branches = [forks[f].branch() for f in fork_of]
-                episodes = np.concatenate([buffer.start_branch_group(members) for _ in slots])
-                live = np.arange(len(branches))
-                for depth in range(self.lookahead + 1):
-                    if depth > 0:  # after the tried action, the branch follows the current policy
-                        distribution = self.policy.get_distribution(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
-                        actions_t = distribution.get_actions()
-                        log_probs = distribution.log_prob(actions_t)
-                        actions = actions_t.cpu().numpy()
-                    env_actions = self._env_actions(actions)
-                    steps = [forks[fork_of[b]].step(branches[b], env_actions[i]) for i, b in enumerate(live)]
-                    next_obs = vec_observations(env, _stack_observations([step[0] for step in steps]))
-                    rewards = np.array([step[1] for step in steps], dtype=np.float32)
-                    ended = np.array([step[2] or step[3] for step in steps])  # terminated or truncated
-                    buffer.add_transitions(
-                        episodes[live], obs, actions, rewards, log_probs, next_obs, trainable=depth == 0
-                    )
-                    self.num_branch_steps += len(live)
-                    live, obs = live[~ended], _obs_map(lambda a, keep=~ended: a[keep], next_obs)
-                    if not len(live):
-                        break
-        finally:
-            for fork in forks:
-                fork.restore()
-        buffer.finish_episodes(episodes)
-
-    def _tried_actions(self, root_obs: Observation) -> tuple[Observation, np.ndarray, th.Tensor, int]:
-        """Each root state repeated once per tried action, the actions (every action of a Discrete space, else
-        ``group_size`` samples of the policy), their log-probabilities under the behaviour policy, and how many
-        were tried per state."""
-        n_roots = len(next(iter(root_obs.values())) if isinstance(root_obs, dict) else root_obs)
-        discrete = isinstance(self.action_space, spaces.Discrete)
-        members = int(self.action_space.n) if discrete else self.group_size  # type: ignore[attr-defined]
-        obs = _obs_map(lambda a: np.repeat(a, members, axis=0), root_obs)
-        distribution = self.policy.get_distribution(obs_as_tensor(obs, self.device))  # type: ignore[arg-type]
-        actions = th.arange(members, device=self.device).repeat(n_roots) if discrete else distribution.get_actions()
-        return obs, actions.cpu().numpy(), distribution.log_prob(actions), members
-
     def _env_actions(self, actions: np.ndarray) -> np.ndarray:
         """Actions as the environment takes them (SB3's convention: clip, or unscale squashed actions)."""
         if isinstance(self.action_space, spaces.Box):
+            actions = actions.reshape((-1, *self.action_space.shape))  # the policy's actions are flat
             if self.policy.squash_output:
                 return self.policy.unscale_action(actions)
             return np.clip(actions, self.action_space.low, self.action_space.high)
         return actions
 
-    @staticmethod
-    def _true_next_obs(new_obs: Observation, dones: np.ndarray, infos: list[dict]) -> Observation:
-        """``new_obs`` holds the first observation of the next episode where one ended: put the real last one."""
-        next_obs = _obs_map(np.copy, new_obs)
-        for slot in np.flatnonzero(dones):
-            terminal = infos[slot].get("terminal_observation")
-            if terminal is None:
-                continue
-            if isinstance(next_obs, dict):
-                for key in next_obs:
-                    next_obs[key][slot] = terminal[key]
-            else:
-                next_obs[slot] = terminal
-        return next_obs
-
-    # ----------------------------------------------------------------------------------------- advantages --
-
-    def _reward_functions(self) -> list[RewardFunction]:
-        if self.reward_function is None:
-            return []
-        if callable(self.reward_function):
-            return [self.reward_function]
-        return list(self.reward_function)
-
     def _compute_rewards(self, buffer: GroupRolloutBuffer) -> np.ndarray:
         """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
-        functions = self._reward_functions()
+        functions = reward_functions(self.reward_function)
         if not functions:
             return buffer.env_rewards.astype(np.float64)
-        assert buffer.next_observations is not None
-        state = buffer.observation_tensor()
-        next_state = obs_as_tensor(buffer.next_observations, self.device)
+        assert buffer.env_observations is not None and buffer.next_observations is not None
         env_actions = self._env_actions(buffer.actions)
         if isinstance(self.action_space, spaces.Discrete):
             env_actions = env_actions.reshape(-1)
         action = th.as_tensor(env_actions, device=self.device)
         if isinstance(self.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
             action = action.long()
-        weights = self.reward_weights or [1.0] * len(functions)
-        total = th.zeros(buffer.size, device=self.device, dtype=th.float64)
-        with th.no_grad():
-            for fn, weight in zip(functions, weights, strict=True):
-                total += weight * self._checked_reward(fn, fn(state, action, next_state), buffer.size)
-        return total.cpu().numpy()
-
-    def _checked_reward(self, fn: RewardFunction, reward: Any, batch: int) -> th.Tensor:
-        name = getattr(fn, "__name__", repr(fn))
-        if not isinstance(reward, th.Tensor):
-            raise ValueError(f"reward function {name!r} returned {type(reward).__name__}, expected a torch.Tensor")
-        if tuple(reward.shape) not in ((batch, 1), (batch,)):
-            raise ValueError(
-                f"reward function {name!r} returned shape {tuple(reward.shape)}, expected ({batch}, 1) "
-                "(one reward per transition)"
-            )
-        if not reward.is_floating_point():
-            raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
-        if not _same_device(reward.device, self.device):
-            raise ValueError(
-                f"reward function {name!r} returned a tensor on {reward.device}, expected {self.device} "
-                "(build it from the inputs, which are already there)"
-            )
-        if not th.isfinite(reward).all():
-            raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
-        return reward.reshape(batch).to(th.float64)
+        state = obs_as_tensor(buffer.env_observations, self.device)
+        next_state = obs_as_tensor(buffer.next_observations, self.device)
+        return score_transitions(functions, self.reward_weights, state, action, next_state).cpu().numpy()
 
     def _compute_advantages(self, buffer: GroupRolloutBuffer) -> None:
         buffer.rewards = self._compute_rewards(buffer)
@@ -1203,31 +673,17 @@ class GRPO(OnPolicyAlgorithm):
         )
         buffer.advantages = advantages.astype(np.float32)
         if self.ref_policy is not None:
-            buffer.ref_log_probs = self._log_probs_of(self.ref_policy, buffer)
+            buffer.ref_log_probs = buffer.log_probs_under(self.ref_policy, self._policy_actions)
         self.logger.record("rollout/groups", stats.n_groups)
         self.logger.record("rollout/zero_std_groups", stats.zero_std_groups)
         self.logger.record("rollout/frac_zero_std_groups", stats.zero_std_groups / max(stats.n_groups, 1))
         self.logger.record("rollout/group_steps", buffer.size)
         self.logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
 
-    def _log_probs_of(self, policy: BasePolicy, buffer: GroupRolloutBuffer) -> np.ndarray:
-        """Log-probabilities of the trainable rows' actions under ``policy`` (other rows keep the behaviour's)."""
-        out = buffer.log_probs.copy()
-        rows = np.flatnonzero(buffer.trainable)
-        with th.no_grad():
-            for start in range(0, len(rows), 4096):
-                idx = rows[start : start + 4096]
-                dist = policy.get_distribution(buffer.observation_tensor(idx))  # type: ignore[operator]
-                actions = self._policy_actions(buffer.to_torch(buffer.actions[idx]))
-                out[idx] = dist.log_prob(actions).cpu().numpy()
-        return out
-
     def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
         if isinstance(self.action_space, spaces.Discrete):
             return actions.long().flatten()
         return actions
-
-    # ------------------------------------------------------------------------------------------- training --
 
     def train(self) -> None:
         """Update the policy on the released groups with the clipped surrogate loss (+ k3 KL penalty)."""
@@ -1237,11 +693,9 @@ class GRPO(OnPolicyAlgorithm):
             return
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
-        clip_low = self.clip_range(self._current_progress_remaining)  # type: ignore[operator]
-        clip_high = (
-            clip_low if self.clip_range_high is None else self.clip_range_high(self._current_progress_remaining)  # type: ignore[operator]
-        )
-
+        progress = self._current_progress_remaining
+        clip_low = self.clip_range(progress)  # type: ignore[operator]
+        clip_high = clip_low if self.clip_range_high is None else self.clip_range_high(progress)  # type: ignore[operator]
         pg_losses, entropy_losses, kl_refs, clip_fractions, approx_kl_divs = [], [], [], [], []
         continue_training = True
         for epoch in range(self.n_epochs):
@@ -1316,14 +770,12 @@ class GRPO(OnPolicyAlgorithm):
         reset_num_timesteps: bool = True,
         progress_bar: bool = False,
     ) -> SelfGRPO:
-        return super().learn(
-            total_timesteps=total_timesteps,
-            callback=callback,
-            log_interval=log_interval,
-            tb_log_name=tb_log_name,
-            reset_num_timesteps=reset_num_timesteps,
-            progress_bar=progress_bar,
-        )
+        try:
+            args = (total_timesteps, callback, log_interval, tb_log_name, reset_num_timesteps, progress_bar)
+            return super().learn(*args)
+        finally:
+            if self.env is not None:  # also when a callback stopped training or an error ends it
+                self.groups.pause(self.env)
 
     def _get_torch_save_params(self) -> tuple[list[str], list[str]]:
         return ["policy", "policy.optimizer"], []

@@ -85,3 +85,13 @@ REWARD_FUNCTIONS: dict[str, RewardFunction | None] = {
     "optimized_cartpole": optimized_cartpole,
     "simple_cartpole": simple_cartpole,
 }
+
+
+def get_reward_function(name: str) -> RewardFunction | None:
+    """The registry entry called ``name`` (``None``: the environment's own reward)."""
+    if name not in REWARD_FUNCTIONS:
+        raise ValueError(
+            f"reward_function {name!r} is not a registered reward function: pass a callable, or one of "
+            f"{', '.join(repr(key) for key in REWARD_FUNCTIONS)} (rewards.REWARD_FUNCTIONS)"
+        )
+    return REWARD_FUNCTIONS[name]

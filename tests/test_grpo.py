@@ -176,44 +176,6 @@ def test_subproc_vec_env_needs_the_group_reset_wrapper():
 # ----------------------------------------------------------------------------------------------- the groups --
 
 
-class _FirstObservations(BaseCallback):
-    """Records the released batch's first observation of every episode, with its group."""
-
-    def __init__(self):
-        super().__init__()
-        self.starts: list[tuple[int, np.ndarray]] = []
-
-    def _on_step(self) -> bool:
-        return True
-
-    def _on_rollout_end(self) -> None:
-        buffer = self.model.rollout_buffer
-        if buffer.size == 0:
-            return
-        first = np.r_[True, buffer.episodes[1:] != buffer.episodes[:-1]]
-        offset = len({g for g, _ in self.starts})
-        for index in np.flatnonzero(first):
-            group = buffer.episode_groups[buffer.episodes[index]]
-            self.starts.append((offset + int(group), buffer.observations[index].copy()))
-
-
-@pytest.mark.parametrize("n_envs", [1, 3, 8])
-def test_members_of_a_group_start_from_the_same_state(n_envs):
-    env = make_vec_env("CartPole-v1", n_envs=n_envs, seed=1)
-    recorder = _FirstObservations()
-    GRPO("MlpPolicy", env, seed=0, group_size=4, n_steps=32, n_epochs=1).learn(1500, callback=recorder)
-    by_group: dict[int, list[np.ndarray]] = {}
-    for group, obs in recorder.starts:
-        by_group.setdefault(group, []).append(obs)
-    assert len(by_group) >= 5
-    for members in by_group.values():
-        assert len(members) == 4
-        for obs in members[1:]:
-            np.testing.assert_array_equal(obs, members[0])
-    distinct_starts = {tuple(members[0]) for members in by_group.values()}
-    assert len(distinct_starts) == len(by_group)
-
-
 def test_num_timesteps_counts_real_env_steps_and_respects_the_budget():
     env = make_vec_env("CartPole-v1", n_envs=4, seed=0)
     model = GRPO("MlpPolicy", env, seed=0, **TINY).learn(1000)
@@ -514,7 +476,7 @@ def test_one_step_branches_see_no_difference_in_the_pole_angle():
 def test_branching_restores_the_environment_exactly(env_class, monkeypatch):
     env = _walk_env(env_class)
     model = GRPO("MlpPolicy", env, seed=0, **STATE_TINY)
-    branch = model._branch
+    branch = model.groups._branch
     checked: list[int] = []
 
     def branch_and_compare(vec_env: VecEnv, slots: np.ndarray) -> None:
@@ -523,7 +485,7 @@ def test_branching_restores_the_environment_exactly(env_class, monkeypatch):
         assert [pickle.dumps(sub_env) for sub_env in vec_env.envs] == before
         checked.append(len(slots))
 
-    monkeypatch.setattr(model, "_branch", branch_and_compare)
+    monkeypatch.setattr(model.groups, "_branch", branch_and_compare)
     model.learn(100)
     assert sum(checked) == model.num_timesteps  # branch_interval=1: every state of every slot
 
@@ -532,7 +494,7 @@ def _real_trajectory(env: VecEnv, branching: bool, monkeypatch: pytest.MonkeyPat
     """Observations, actions and rewards of the real steps up to the first policy update."""
     model = GRPO("MlpPolicy", env, seed=0, **{**STATE_TINY, **kwargs})
     if not branching:
-        monkeypatch.setattr(model, "_branch", lambda vec_env, slots: None)
+        monkeypatch.setattr(model.groups, "_branch", lambda vec_env, slots: None)
     steps: list[np.ndarray] = []
 
     class Record(BaseCallback):
@@ -622,8 +584,8 @@ def test_state_mode_on_every_space_and_observation_wrapper(policy, make_env):
     state, next_state = calls[-1]  # the last rollout's, which the buffer still holds
     first = state if isinstance(state, th.Tensor) else next(iter(state.values()))
     assert len(first) == model.rollout_buffer.size
-    # observations reach the reward function (and the policy) as the VecEnv shows them, wrappers included
-    space = model.observation_space
+    # observations reach the reward function as the env made them, before VecTransposeImage and VecNormalize
+    space = model.env.unwrapped.observation_space
     assert (
         all(next_state[key].shape[1:] == space[key].shape for key in space.spaces)
         if isinstance(next_state, dict)
