@@ -19,6 +19,7 @@ from typing import Any
 from gymnasium import spaces
 from pydantic import ValidationError
 
+from checkpoints import save_checkpoint
 from errors import (
     InvalidTrainingRequest,
     JobNotActive,
@@ -226,7 +227,8 @@ class JobRunner:
         """Save the job's model where a resume finds it; the record names it only once it is whole on disk."""
         path = self._checkpoint_path(job.record.job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomically(model, path)
+        # With what the run has in flight: a resume goes on as if it had never stopped.
+        save_atomically(model, path, write=save_checkpoint)
         record_point(job)
         self._save_points(job)
         self.db.update_job(

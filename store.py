@@ -19,6 +19,7 @@ import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
@@ -427,14 +428,17 @@ class ModelStore:
         logger.info("model %s deleted", name)
 
 
-def save_atomically(model: GRPO, final: Path) -> None:
+def save_atomically(model: GRPO, final: Path, write: Callable[[GRPO, Path], None] | None = None) -> None:
     """Write ``model`` to ``final`` so that a crash leaves either the old file or the new one, never half of one:
     into a hidden temporary file beside it, flushed to disk, then renamed over it, and the folder flushed so that
     the rename is on disk too. A save that fails (a full disk) removes its temporary file and leaves ``final`` as
-    it was."""
+    it was. ``write(model, path)`` writes the file (default: ``model.save``)."""
     temporary = final.with_name(f".{final.stem}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
     try:
-        model.save(temporary)
+        if write is None:
+            model.save(temporary)
+        else:
+            write(model, temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, final)

@@ -24,6 +24,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import SubprocVecEnv, VecEnv
 
+import checkpoints
 from errors import UnknownEnvironment
 from grpo import ADVANTAGE_MODES, GRPO, SCALE_REWARDS, GroupResetWrapper
 from records import JobRecord, MetricPoint, ModelName
@@ -197,10 +198,11 @@ def _new_model(config: TrainingConfig, env: VecEnv, device: str, tensorboard_log
 def load_checkpoint(
     config: TrainingConfig, path: Path | io.BytesIO, device: str, tensorboard_log: Path | None = None
 ) -> GRPO:
-    """A job's model as its checkpoint left it, on freshly made environments, ready to train on."""
+    """A job's model as its checkpoint left it, ready to train on: in the environments the checkpoint carries, so
+    that it goes on exactly (``checkpoints``), or on freshly made ones (a subproc job, an older checkpoint)."""
     env = make_environments(config)
     try:
-        return GRPO.load(
+        return checkpoints.load_checkpoint(
             path,
             env=env,
             device=device,
