@@ -10,7 +10,7 @@ environment. The environment side (group-reset wrapper, forks) lives in ``envs.p
 
 import copy
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -544,23 +544,11 @@ class GRPO(OnPolicyAlgorithm):
         # The one place where the two group modes differ: how the env is driven to fill groups.
         self.groups: GroupMode = StateGroupMode(self) if self.group_mode == "state" else EpisodeGroupMode(self)
         self._last_env_obs: Observation | None = None  # _last_obs as the env made it, for reward functions
-        schedule = self.__dict__.pop("_group_schedule", None)  # a loaded model's: its groups go on, not restart
-        if isinstance(self.groups, EpisodeGroupMode) and schedule is not None:
-            schedule.env_touches = None  # the env it last saw is not this one
-            self.groups.schedule = schedule
         if self.env is not None:
             self.groups.prepare_env(self.env)
 
     def _excluded_save_params(self) -> list[str]:  # all three are rebuilt on load
         return [*super()._excluded_save_params(), "ref_policy", "groups", "_last_env_obs"]
-
-    def save(self, path: Any, exclude: Iterable[str] | None = None, include: Iterable[str] | None = None) -> None:
-        # The group-seed scheduler is plain data: saved, so that GRPO.load keeps its generator instead of re-seeding.
-        self._group_schedule = getattr(self.groups, "schedule", None)
-        try:
-            super().save(path, exclude=exclude, include=include)
-        finally:
-            del self._group_schedule
 
     def set_env(self, env: GymEnv, force_reset: bool = True) -> None:
         previous = self.env
