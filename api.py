@@ -26,19 +26,23 @@ from fastapi.staticfiles import StaticFiles
 import errors
 import plugins
 import presets
+from access import KeyRing
 from batching import MicroBatcher
 from crosssite import CrossSiteGuard
+from data_lock import DataLocks
 from jobs import JobRunner
 from lifecycle import on_exit_signals
 from metrics import CacheStats, RequestMetrics, ServiceMetrics
 from predictor import Predictor
+from rate_limits import INFERENCE, MANAGEMENT, RateLimits
 from replay import ReplayUnavailable
 from rewards import REWARD_FUNCTIONS
 from routes import docs, health, inference, models, replays, reward_functions, studies, training
 from routes import metrics as metrics_route
 from routes import presets as presets_routes
-from routes.dependencies import require_api_key
+from routes.dependencies import require_inference_key, require_management_key
 from routes.responses import error_responses
+from security_log import REFUSED_NAME, SecurityLog
 from settings import Settings
 from store import Database, ModelCache, ModelStore
 from studies import StudyManager, StudyNotActive, StudyNotFound
@@ -51,6 +55,7 @@ logger = logging.getLogger("grpo.api")
 # Every domain error and the status code a client sees for it; the first matching class wins.
 ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.NotAuthenticated: 401,
+    errors.Forbidden: 403,
     errors.ModelNotFound: 404,
     errors.JobNotFound: 404,
     errors.PresetNotFound: 404,
@@ -67,12 +72,17 @@ ERROR_STATUS: dict[type[errors.ServiceError], int] = {
     errors.ModelNotExportable: 400,
     errors.BatchTooLarge: 413,
     errors.TooManyJobs: 429,
+    errors.RateLimited: 429,
     ReplayUnavailable: 400,
     StudyNotFound: 404,
     StudyNotActive: 409,
 }
-# Headers that go with some of those answers: when to come back to a full queue.
-ERROR_HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {errors.TooManyJobs: {"Retry-After": "30"}}
+# When to come back to a full training queue, in seconds (a rate limit says its own).
+QUEUE_RETRY_AFTER_S = 30
+# Answers the security log records, beside refused names.
+SECURITY_STATUSES = {401, 403, 413, 429}
+# What every guarded route may answer besides its own errors: no key or a wrong one, a rate limit.
+GUARDED = error_responses(401, 429)
 
 
 # error handlers
@@ -81,14 +91,28 @@ ERROR_HEADERS: dict[type[errors.ServiceError], dict[str, str]] = {errors.TooMany
 async def service_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ServiceError)
     status = next((code for cls, code in ERROR_STATUS.items() if isinstance(exc, cls)), 400)
-    headers = next((headers for cls, headers in ERROR_HEADERS.items() if isinstance(exc, cls)), None)
-    return JSONResponse({"detail": exc.detail}, status_code=status, headers=headers)
+    body: dict[str, Any] = {"detail": exc.detail}
+    headers = None
+    if status == 429:
+        limited = isinstance(exc, errors.RateLimited)
+        body["limit"] = exc.limit if limited else None
+        body["retry_after_s"] = exc.retry_after_s if limited else QUEUE_RETRY_AFTER_S
+        headers = {"Retry-After": str(body["retry_after_s"])}
+    if status in SECURITY_STATUSES or isinstance(exc, errors.InvalidName):
+        event = REFUSED_NAME if isinstance(exc, errors.InvalidName) else None
+        request.app.state.security_log.record(request.scope, status, exc.detail, event=event)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 async def validation_error_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     # FastAPI's own handler echoes the input, which fails to encode when it holds NaN and can be huge.
     details = [{"loc": list(error["loc"]), "msg": error["msg"], "type": error["type"]} for error in exc.errors()]
+    # A path part or a model name that does not match its pattern: what probing for files looks like.
+    refused = [d for d in details if d["loc"][:1] == ["path"] or d["loc"][-1:] == ["model_name"]]
+    if refused:
+        detail = "; ".join(f"{'.'.join(map(str, d['loc']))}: {d['msg']}" for d in refused)
+        request.app.state.security_log.record(request.scope, 422, detail, event=REFUSED_NAME)
     return JSONResponse({"detail": details}, status_code=422)
 
 
@@ -104,9 +128,10 @@ class RequestSizeLimit:
     """Answers 413 to a request whose body is larger than ``max_bytes``: at once when its Content-Length says so,
     and while it is read when the body is streamed (chunked) or its Content-Length understates it."""
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
+    def __init__(self, app: Any, max_bytes: int, security_log: SecurityLog) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.security_log = security_log
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -115,6 +140,7 @@ class RequestSizeLimit:
         detail = f"Request body larger than this server's limit of {self.max_bytes} bytes"
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
+            self.security_log.record(scope, 413, f"Content-Length {int(length)} over {self.max_bytes}")
             await JSONResponse({"detail": detail}, status_code=413)(scope, receive, send)
             return
         received = 0
@@ -124,6 +150,7 @@ class RequestSizeLimit:
             message = await receive()
             received += len(message.get("body", b""))
             if received > self.max_bytes:
+                self.security_log.record(scope, 413, f"streamed body past {self.max_bytes} bytes")
                 # FastAPI passes an HTTPException raised while it reads the body on to its handler: a clean 413.
                 raise HTTPException(status_code=413, detail=detail)
             return message
@@ -145,9 +172,15 @@ def is_loopback(host: str) -> bool:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    # Read now, so that a malformed key or rate stops the server before it listens.
+    keys = KeyRing.from_settings(settings)
+    rate_limits = RateLimits({INFERENCE: settings.rate_limit_inference, MANAGEMENT: settings.rate_limit_management})
+    security_log = SecurityLog(settings.security_log)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # One server per data folder (run_api.py took the lock already; other ways of starting the app take it here).
+        locks = DataLocks(settings).acquire()
         # torch's thread count is process-wide: set it for the service's life, then give the old one back.
         previous_threads = th.get_num_threads()
         if settings.torch_threads is not None:
@@ -185,10 +218,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.studies = await anyio.to_thread.run_sync(StudyManager, runner, store, settings)
         app.state.studies.recover()
         logger.info("serving models from %s, records in %s", settings.models_dir, settings.db_path)
-        if settings.api_key is None and not is_loopback(settings.host):
+        if not keys.enabled and not is_loopback(settings.host):
             logger.warning(
                 "no API key set while serving on %s: anyone who can reach it can train, serve and delete models; "
-                "set GRPO_API_KEY (or --api-key)",
+                "set GRPO_API_KEY (or --api-key) or GRPO_API_KEYS",
                 settings.host,
             )
         # Set when the server begins to shut down: event streams end at once (routes/training.py), so that uvicorn,
@@ -217,6 +250,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 stop_metrics_server()
             db.close()
             th.set_num_threads(previous_threads)
+            security_log.close()
+            locks.release()
 
     app = FastAPI(
         title="GRPO API",
@@ -230,27 +265,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     # Made with the app, not in its lifespan: the middleware that counts requests needs it before startup.
     metrics = ServiceMetrics()
-    app.state.settings, app.state.metrics = settings, metrics
+    app.state.settings, app.state.metrics, app.state.keys = settings, metrics, keys
+    app.state.rate_limits, app.state.security_log = rate_limits, security_log
     app.add_exception_handler(errors.ServiceError, service_error_handler)
     app.add_exception_handler(RequestValidationError, validation_error_handler)
     app.add_exception_handler(Exception, unexpected_error_handler)
-    # The inference route first: the router tries routes in order, and it is the one called thousands of times a second.
-    app.include_router(inference.router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
+    # Behind a key when the server has any, each router counted against its group's rate limit (routes that need an
+    # admin key say so themselves: routes.dependencies.ADMIN_ONLY). The inference route first: the router tries
+    # routes in order, and it is the one called thousands of times a second.
+    app.include_router(inference.router, dependencies=[Depends(require_inference_key)], responses=GUARDED)
     app.include_router(health.public_router)
     app.include_router(docs.router)
-    guarded = (
+    managed = (
         health.root_router,
         training.router,
         models.router,
         reward_functions.router,
         presets_routes.router,
         metrics_route.router,
+        replays.router,
+        studies.router,
     )
-    guarded += (replays.router, studies.router)
-    for router in guarded:
-        app.include_router(router, dependencies=[Depends(require_api_key)], responses=error_responses(401))
+    for router in managed:
+        app.include_router(router, dependencies=[Depends(require_management_key)], responses=GUARDED)
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
-    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes)
+    app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes, security_log=security_log)
     # Inside CORS: an origin it allows gets the CORS headers on a refusal too, and can read why.
     app.add_middleware(CrossSiteGuard, allowed_origins=settings.cors_origins)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost but CORS: times the 413s too

@@ -432,7 +432,12 @@ class EpisodeGroupMode(GroupMode):
 
     def __init__(self, model: "GRPO"):
         super().__init__(model)
-        self.schedule = EpisodeGroups(model.group_size, model.seed)
+        # Kept in the model's __dict__, so GRPO.save saves it and GRPO.load hands it back: a loaded model's groups
+        # go on from its generator instead of the seed's first groups again.
+        saved: EpisodeGroups | None = getattr(model, "_group_schedule", None)
+        self.schedule = saved if saved is not None else EpisodeGroups(model.group_size, model.seed)
+        self.schedule.env_touches = None  # the envs it last saw are not this model's
+        model._group_schedule = self.schedule
 
     def prepare_env(self, env: VecEnv) -> None:
         install_group_reset(env)

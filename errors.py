@@ -74,6 +74,20 @@ class NotAuthenticated(ServiceError):
     pass
 
 
+class Forbidden(ServiceError):
+    """A known key asked for something outside its scope."""
+
+
+class RateLimited(ServiceError):
+    """A client went over its route group's rate limit: ``limit`` in the limits package's words, and in how many
+    seconds it may try again."""
+
+    def __init__(self, detail: str, limit: str, retry_after_s: int) -> None:
+        super().__init__(detail)
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+
+
 class InvalidObservation(ServiceError):
     pass
 

@@ -194,11 +194,19 @@ def model_bytes(model: GRPO) -> bytes:
     return buffer.getvalue()
 
 
+def local_ray_cpus(settings: Settings) -> int:
+    """CPUs a local Ray gets: ``ray_num_cpus`` when set, else this machine's less the ``ray_server_cpus`` kept for
+    the server (so that it answers quickly while every actor trains), at least one."""
+    if settings.ray_num_cpus is not None:
+        return settings.ray_num_cpus
+    return max(1, (os.cpu_count() or 1) - settings.ray_server_cpus)
+
+
 class RayExecutor:
     """Jobs as Ray actors, on a local Ray or a cluster; the service keeps one thread per running job (at most
     ``max_concurrent_jobs``) that polls its actor and feeds the runner's bookkeeping, as a thread job would.
 
-    With no ``ray_address`` it starts a local Ray of ``ray_num_cpus`` CPUs, and stops it at shutdown; a Ray already
+    With no ``ray_address`` it starts a local Ray of ``local_ray_cpus`` CPUs, and stops it at shutdown; a Ray already
     started in this process is used as it is (``ray.init(runtime_env=RAY_RUNTIME_ENV)``, for the workers to find
     the service's modules).
     """
@@ -221,7 +229,7 @@ class RayExecutor:
                 ray.init(
                     # "local": a Ray of its own, even where `ray start` left a cluster to find
                     address="local",
-                    num_cpus=settings.ray_num_cpus,
+                    num_cpus=local_ray_cpus(settings),
                     include_dashboard=False,
                     runtime_env=RAY_RUNTIME_ENV,
                 )

@@ -7,6 +7,7 @@ Jobs run on an ``executors.Executor`` (threads, or Ray actors), which trains the
 """
 
 import logging
+import sqlite3
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from admission import init_model, job_config
+from checkpoints import save_checkpoint
 from errors import (
     InvalidTrainingRequest,
     JobNotActive,
@@ -32,7 +34,7 @@ from grpo import GRPO
 from presets import Preset
 from records import RESUMABLE_STATES, JobRecord, JobState, MetricPoint, ModelRecord, utcnow
 from settings import Settings
-from store import Database, JobFilters, ModelStore, remove_temporary_files, save_atomically
+from store import Database, JobFilters, ModelStore, is_disk_full, remove_temporary_files, save_atomically
 from training import (
     ActiveJob,
     StopTraining,
@@ -222,7 +224,8 @@ class JobRunner:
         """Save the job's model where a resume finds it; the record names it only once it is whole on disk."""
         path = self._checkpoint_path(job.record.job_id)
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_atomically(model, path)
+        # With what the run has in flight: a resume goes on as if it had never stopped.
+        save_atomically(model, path, write=save_checkpoint)
         record_point(job)
         self._save_points(job)
         self.db.update_job(
@@ -360,15 +363,20 @@ class JobRunner:
             job.started = True
             self._queue_entries.pop(job.record.job_id, None)
         job_id = job.record.job_id
-        self._transition(job_id, JobState.RUNNING, start_time=utcnow())
         try:
+            # Space for the records of a failure: taken back here once a full disk has room again.
+            self.store.reserve.ensure()
+            self._transition(job_id, JobState.RUNNING, start_time=utcnow())
             self._conclude(job, self.executor.train(job, self.settings, self._report_progress, self._checkpoint))
         except StopTraining:  # stopped before its training began anywhere
             state = JobState.INTERRUPTED if job.shutting_down else JobState.STOPPED
             self._finish(job, state, message="Stopped before its training started; no model was trained")
         except Exception as error:  # a job's failure is recorded on the job; the server goes on
-            logger.exception("job %s failed", job_id)
-            self._finish(job, JobState.FAILED, error_message=failure_message(error, job.config))
+            if is_disk_full(error):
+                self._fail_on_full_disk(job, error)
+            else:
+                logger.exception("job %s failed", job_id)
+                self._finish(job, JobState.FAILED, error_message=failure_message(error, job.config))
         finally:
             with self._lock:
                 if self._active.get(job_id) is job:
@@ -408,7 +416,8 @@ class JobRunner:
         if stopped and job.timed_out:
             error = (
                 f"Timed out: the job trained for longer than this server's job_timeout_s of "
-                f"{self.settings.job_timeout_s:g} s; stopped at {model.num_timesteps} timesteps, {kept}"
+                f"{self.settings.job_timeout_s:g} s (its runs before a resume count too); stopped at "
+                f"{model.num_timesteps} timesteps, {kept}"
             )
             self._finish(job, JobState.FAILED, error_message=error, model_saved=saved)
         elif stopped:
@@ -422,6 +431,24 @@ class JobRunner:
             self._finish(job, JobState.COMPLETED, model_saved=saved)
             # Done: the model is saved in full, and the checkpoint has no more use.
             self._checkpoint_path(job.record.job_id).unlink(missing_ok=True)
+
+    def _fail_on_full_disk(self, job: ActiveJob, error: Exception) -> None:
+        """Record that a write of the job (model, checkpoint, metrics, logs) found the disk full. What it was
+        writing was dropped whole; the files and records from before are as they were."""
+        logger.error("job %s failed: the disk is full (%s: %s)", job.record.job_id, type(error).__name__, error)
+        self.store.reserve.release()  # room for the records below
+        record = self.db.get_job(job.record.job_id)
+        checkpoint = record.checkpoint_timesteps if record is not None else None
+        kept = f"its last checkpoint ({checkpoint} timesteps)" if checkpoint else "no checkpoint"
+        message = (
+            f"The disk is full: {type(error).__name__}: {error}. What was being written was dropped whole; "
+            f"the job keeps {kept} and the models saved before are intact. Free some space, then resume the job"
+        )
+        try:
+            self._finish(job, JobState.FAILED, error_message=message)
+        except sqlite3.Error as again:
+            # Even the reserve did not make room: the restart after space is freed marks the job interrupted.
+            logger.error("job %s: its failure could not be recorded either (%s)", job.record.job_id, again)
 
     def _report_progress(self, job: ActiveJob) -> None:
         record_point(job)

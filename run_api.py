@@ -5,11 +5,13 @@ Flags override the ``GRPO_*`` environment variables, which override the defaults
 
 import argparse
 import logging
+import sys
+from typing import Any
 
 import uvicorn
 from pydantic import ValidationError
 
-from api import create_app
+from data_lock import DataFolderInUse, DataLocks
 from settings import LogLevel, Settings
 
 
@@ -29,6 +31,10 @@ def make_parser() -> argparse.ArgumentParser:
         "--ray-address", dest="ray_address", help="Ray cluster to train on (default: start a local Ray)"
     )
     parser.add_argument("--api-key", dest="api_key", help="require this X-API-Key on every request (default: none)")
+    parser.add_argument("--api-keys-file", dest="api_keys_file", help="keys with scopes, '<id> <scope> <key>' a line")
+    parser.add_argument("--ssl-certfile", dest="ssl_certfile", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--ssl-keyfile", dest="ssl_keyfile", help="the certificate's private key (PEM)")
+    parser.add_argument("--security-log", dest="security_log", help="append security events here (JSON lines)")
     parser.add_argument("--log-level", dest="log_level", choices=LogLevel.__args__, help="default info")
     parser.add_argument(
         "--plugins", help="comma-separated modules that register environments and reward functions (GRPO_PLUGINS)"
@@ -52,11 +58,35 @@ def load_settings(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
         parser.error("; ".join(problems))
 
 
+def create_app(settings: Settings) -> Any:
+    """``api.create_app``, imported only once the data folder is ours: torch and SB3 take seconds to load, and a
+    server refused its folder should say so at once."""
+    from api import create_app as build_app
+
+    return build_app(settings)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = make_parser()
     settings = load_settings(parser, parser.parse_args(argv))
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    locks = DataLocks(settings)
+    try:
+        # Before anything is opened: a second server on the same folder leaves it untouched and says who has it.
+        locks.acquire()
+    except DataFolderInUse as error:
+        sys.exit(f"run_api.py: {error}")
+    try:
+        uvicorn.run(
+            create_app(settings),
+            host=settings.host,
+            port=settings.port,
+            log_level=settings.log_level,
+            ssl_certfile=settings.ssl_certfile,
+            ssl_keyfile=settings.ssl_keyfile,
+        )
+    finally:
+        locks.release()
 
 
 if __name__ == "__main__":

@@ -33,6 +33,14 @@ class ErrorMessage(BaseModel):
     detail: str
 
 
+class TooManyRequestsMessage(ErrorMessage):
+    """A 429: a rate limit (``limit`` says which) or a full training queue (no ``limit``); Retry-After says when
+    to come back, in seconds, as ``retry_after_s`` does."""
+
+    limit: str | None = None
+    retry_after_s: int
+
+
 # root and health
 
 

@@ -1,10 +1,11 @@
 """Configuration of the training and serving service: one class, read once, injected everywhere."""
 
 import os
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from presets import PRESETS_FILE
@@ -12,6 +13,40 @@ from presets import PRESETS_FILE
 # What an API key may hold: what every HTTP client can send in a header, unchanged.
 API_KEY_ALLOWED = "visible ASCII characters (and spaces between them), with no space at either end"
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+# A rate in the `limits` package's notation: "100/second", "1000 per minute", "10/second;300/minute" (several at once).
+RATE_EXAMPLE = "100/second"
+
+
+class Scope(str, Enum):
+    """What a key opens: ``inference`` asks for actions and reads models and jobs; ``admin`` does everything."""
+
+    INFERENCE = "inference"
+    ADMIN = "admin"
+
+
+def check_sendable_key(value: SecretStr | None) -> SecretStr | None:
+    """``value`` when every HTTP client can send it as it is; a ValueError saying why not otherwise."""
+    # Clients send the key in an HTTP header: curl and httpx refuse anything but ASCII, requests sends Latin-1
+    # and fails beyond it, browsers refuse control characters, and HTTP strips the spaces at either end (so a
+    # padded key never matches). A key one of them cannot send would lock its users out: refuse it at start-up.
+    key = value.get_secret_value() if value is not None else ""
+    bad = next((char for char in key if not " " <= char <= "~"), None)
+    if bad is not None or key != key.strip(" "):
+        found = f"it has {bad!r}" if bad is not None else "it starts or ends with a space"
+        raise ValueError(f"the API key must be {API_KEY_ALLOWED}; {found}")
+    return value
+
+
+class ApiKey(BaseModel):
+    """One client's key; ``id`` names it in logs, where the key itself never appears."""
+
+    model_config = ConfigDict(hide_input_in_errors=True)
+
+    id: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    scope: Scope
+    key: SecretStr = Field(min_length=1)
+
+    _key_clients_can_send = field_validator("key")(check_sendable_key)
 
 
 class Settings(BaseSettings):
@@ -112,11 +147,43 @@ class Settings(BaseSettings):
     ray_address: str = Field(
         "", description="Ray cluster to connect to, e.g. '10.0.0.5:6379' (empty: start a local Ray in the service)"
     )
-    ray_num_cpus: int | None = Field(None, ge=1, description="CPUs of the local Ray (None: all of this machine's)")
+    ray_num_cpus: int | None = Field(
+        None, ge=1, description="CPUs of the local Ray (None: this machine's less ray_server_cpus, at least one)"
+    )
+    ray_server_cpus: int = Field(
+        1,
+        ge=0,
+        description="CPUs a local Ray leaves to the server, so that it answers quickly while jobs train (0: none)",
+    )
     api_key: SecretStr | None = Field(
         None,
         description="When set, every endpoint but /health, /ready and the docs requires it in the X-API-Key header",
     )
+
+    api_keys: list[ApiKey] = Field(
+        default_factory=list,
+        description='Keys with scopes, e.g. [{"id": "web", "scope": "inference", "key": "..."}]; api_key, when set, '
+        "is one more, an admin key with the id 'default'",
+    )
+    api_keys_file: Path | None = Field(
+        None, description="A file of keys, one '<id> <scope> <key>' a line ('#' starts a comment), read at start-up"
+    )
+    rate_limit_inference: str = Field(
+        "200/second",
+        description="Requests to POST /inference one key (or one client address, without keys) may make, in the "
+        f"`limits` package's notation, e.g. '{RATE_EXAMPLE}' (empty: no limit)",
+    )
+    rate_limit_management: str = Field(
+        "50/second",
+        description="Requests to every other keyed route one key (or client address) may make (empty: no limit)",
+    )
+    security_log: Path | None = Field(
+        None,
+        description="File that security events (401, 403, 413, 429, refused names) are appended to as JSON lines "
+        "(None: the server's own log, under the logger 'grpo.security')",
+    )
+    ssl_certfile: Path | None = Field(None, description="Certificate (PEM) to serve HTTPS with; with ssl_keyfile")
+    ssl_keyfile: Path | None = Field(None, description="Private key (PEM) of ssl_certfile")
 
     @field_validator("api_key", mode="before")
     @classmethod
@@ -145,15 +212,13 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _key_clients_can_send(cls, value: SecretStr | None) -> SecretStr | None:
-        # Clients send the key in an HTTP header: curl and httpx refuse anything but ASCII, requests sends Latin-1
-        # and fails beyond it, browsers refuse control characters, and HTTP strips the spaces at either end (so a
-        # padded key never matches). A key one of them cannot send would lock its users out: refuse it at start-up.
-        key = value.get_secret_value() if value is not None else ""
-        bad = next((char for char in key if not " " <= char <= "~"), None)
-        if bad is not None or key != key.strip(" "):
-            found = f"it has {bad!r}" if bad is not None else "it starts or ends with a space"
-            raise ValueError(f"the API key must be {API_KEY_ALLOWED}; {found}")
-        return value
+        return check_sendable_key(value)
+
+    @model_validator(mode="after")
+    def _certificate_and_key_together(self) -> "Settings":
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError("HTTPS needs both ssl_certfile and ssl_keyfile")
+        return self
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)

@@ -4,8 +4,13 @@ Model files are the SB3 zips that ``GRPO.save`` writes, named ``<model name>.zip
 written to a hidden temporary file and renamed into place, so a crash never leaves a half-written model under a
 listed name. Model names are checked against ``MODEL_NAME_PATTERN`` here too, so no path is ever built from
 unchecked input.
+
+A full disk: a write that fails for want of space (``is_disk_full``) leaves the previous file and the database as
+they were, and the store keeps a small reserve file in the models folder that it gives up (``DiskReserve``) so that
+the failure itself can still be recorded.
 """
 
+import errno
 import json
 import logging
 import os
@@ -14,6 +19,7 @@ import sqlite3
 import threading
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -430,6 +436,8 @@ class ModelStore:
         self.device = device
         self._load_lock = threading.Lock()
         models_dir.mkdir(parents=True, exist_ok=True)
+        self.reserve = DiskReserve(models_dir)
+        self.reserve.ensure()
 
     def path_for(self, name: str) -> Path:
         return self.models_dir / f"{check_model_name(name)}{MODEL_SUFFIX}"
@@ -550,13 +558,19 @@ class ModelStore:
         logger.info("model %s deleted", name)
 
 
-def save_atomically(model: GRPO | TrainedModel, final: Path) -> None:
-    """Write ``model`` (with its VecNormalize statistics, if it trains under them) to ``final`` so that a crash
-    leaves either the old file or the new one, never half of one: into a hidden temporary file beside it, flushed
-    to disk, then renamed over it."""
+def save_atomically(
+    model: GRPO | TrainedModel,
+    final: Path,
+    write: Callable[[GRPO | TrainedModel, Path], None] = save_trained,
+) -> None:
+    """Write ``model`` to ``final`` so that a crash leaves either the old file or the new one, never half of one:
+    into a hidden temporary file beside it, flushed to disk, then renamed over it, and the folder flushed so that
+    the rename is on disk too. A save that fails (a full disk) removes its temporary file and leaves ``final`` as
+    it was. ``write(model, path)`` writes the file: by default the model with its VecNormalize statistics, if it
+    trains under them (``artifacts.save_trained``)."""
     temporary = final.with_name(f".{final.stem}.{uuid.uuid4().hex}{TEMPORARY_SUFFIX}")
     try:
-        save_trained(model, temporary)
+        write(model, temporary)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
         os.replace(temporary, final)
@@ -578,3 +592,64 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# a full disk
+
+# Space the store holds back in the models folder, given up when the disk fills so that a job's failure (a few pages
+# of the database) can still be written.
+DISK_RESERVE_BYTES = 1 << 20
+DISK_RESERVE_FILE = ".grpo-disk-reserve"
+_SQLITE_FULL = 13
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error``, or an error it was raised from, is a write that found no space: ENOSPC or a quota from
+    the OS, SQLITE_FULL from the database."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if isinstance(current, sqlite3.OperationalError) and (
+            getattr(current, "sqlite_errorcode", None) == _SQLITE_FULL or "disk is full" in str(current)
+        ):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
+class DiskReserve:
+    """A file of ``size`` bytes that keeps that much space for the server's own records when the disk fills up."""
+
+    def __init__(self, folder: Path, size: int = DISK_RESERVE_BYTES) -> None:
+        self.path = folder / DISK_RESERVE_FILE
+        self.size = size
+
+    def ensure(self) -> bool:
+        """Make the reserve if it is missing and the disk has room for it; whether it is there now."""
+        if self.path.is_file() and self.path.stat().st_size >= self.size:
+            return True
+        try:
+            with open(self.path, "wb") as reserve:
+                # Real blocks, not a sparse file: only written bytes hold space on every file system.
+                reserve.write(bytes(self.size))
+                reserve.flush()
+                os.fsync(reserve.fileno())
+        except OSError as error:
+            self.path.unlink(missing_ok=True)
+            if not is_disk_full(error):
+                raise
+            logger.warning("no room for the %d-byte disk reserve in %s", self.size, self.path.parent)
+            return False
+        return True
+
+    def release(self) -> bool:
+        """Give the reserved space back to the disk; whether there was any."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            return False
+        logger.error("the disk is full: released the %d-byte reserve in %s", self.size, self.path.parent)
+        return True

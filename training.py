@@ -30,6 +30,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
 import artifacts
+import checkpoints
 import presets
 from errors import UnknownEnvironment
 from grpo import ADVANTAGE_MODES, GROUP_MODES, GRPO, SCALE_REWARDS
@@ -448,14 +449,16 @@ def load_checkpoint(
     tensorboard_log: Path | None = None,
     **kwargs: Any,
 ) -> GRPO:
-    """A job's model as its checkpoint (or a saved model) left it, normalisation statistics included, on freshly
-    made environments, ready to train on; ``kwargs`` replace saved settings."""
+    """A job's model as its checkpoint (or a saved model) left it, ready to train on: in the environments the
+    checkpoint carries, so that it goes on exactly (``checkpoints``), or on freshly made ones under the saved
+    normalisation statistics (a subproc job, a saved model, an older checkpoint); ``kwargs`` replace saved
+    settings."""
     data = path.read_bytes() if isinstance(path, Path) else path.getvalue()
     env = make_environments(config, artifacts.read_normalizer(io.BytesIO(data)))
     kwargs.setdefault("reward_function", REWARD_FUNCTIONS[config.reward_function_type])
     try:
         # Functions from the registry, not whatever the zip pickled: the same code the job started with.
-        return GRPO.load(
+        return checkpoints.load_checkpoint(
             io.BytesIO(data),
             env=env,
             device=device,
@@ -536,7 +539,9 @@ class JobCallback(BaseCallback):
         self._start_time = time.monotonic()
         self._start_timesteps = self._last_checkpoint = self.model.num_timesteps
         if self.timeout_s is not None:
-            self._deadline = self._start_time + self.timeout_s
+            # From when the job first began: a resumed job's earlier running time (job.started_at is set back by
+            # it) counts against its timeout, so resuming is no way around the limit.
+            self._deadline = self.job.started_at + self.timeout_s
         # Callbacks only run during rollouts; this hook also stops a long update between two gradient steps.
         self._hook = self.model.policy.optimizer.register_step_pre_hook(self._stop_between_gradient_steps)
 

@@ -22,6 +22,8 @@ sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
 from benchmarks.api import OBSERVATION, SPARSE_POLLS, load  # noqa: E402
 from benchmarks.report import DEFAULT_MARKDOWN, publish  # noqa: E402
+from executors import local_ray_cpus  # noqa: E402
+from settings import Settings  # noqa: E402
 from tests.harness import Server, free_port, start_job, wait_for_job  # noqa: E402
 
 JOBS = 4
@@ -64,15 +66,20 @@ def measure(executor: str, timesteps: int, duration: float) -> dict[str, float]:
 
 def run(timesteps: int, duration: float, output: Path) -> str:
     results = {executor: measure(executor, timesteps, duration) for executor in ("thread", "ray")}
+    # What else ran meanwhile: on a shared machine a load far above its CPU count makes every figure here noise.
+    load_average = os.getloadavg()[1]
     thread, ray = results["thread"], results["ray"]
+    ray_cpus = local_ray_cpus(Settings())
     lines = [
         "## Executors: four jobs at once (`benchmarks/executors.py`)",
         "",
         f"Run {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} CPUs ({platform.machine()}), "
         f"Python {platform.python_version()}. {JOBS} CartPole jobs of {timesteps} timesteps each (the API's "
         f"default settings) submitted together to a fresh `python run_api.py --executor <executor> "
-        f"--max-concurrent-jobs {JOBS}`; the local Ray has this machine's CPUs, one per job's actor. "
-        f"`/inference` p99 at concurrency {CONCURRENCY}, {duration:.0f} s each, idle and while the jobs train.",
+        f"--max-concurrent-jobs {JOBS}`; the local Ray has {ray_cpus} of this machine's CPUs (one per job's "
+        f"actor), the rest left to the server (`GRPO_RAY_SERVER_CPUS`, default 1). "
+        f"`/inference` p99 at concurrency {CONCURRENCY}, {duration:.0f} s each, idle and while the jobs train. "
+        f"Load average over the run's last 5 minutes: {load_average:.1f}.",
         "",
         "| executor | total training steps/s | wall time s | idle p99 ms | p99 while training ms | p99 ratio |",
         "| --- | --- | --- | --- | --- | --- |",
@@ -93,9 +100,10 @@ def run(timesteps: int, duration: float, output: Path) -> str:
         "",
         "**Why, and across nodes.** On one machine the Ray executor adds no CPUs; it moves training out of the "
         "API's process. The thread executor's four jobs share one interpreter, and its lock, with the server; "
-        "Ray's actors reserve one CPU each, so as many jobs as cores train at a time, each in a process of its "
-        "own, while the rest wait in Ray's queue (each actor also pays a worker start of a few seconds). The "
-        "server's own CPU is still shared with the actors, hence the latency ratio above 1.5x. On a cluster "
+        "Ray's actors reserve one CPU each, so as many jobs as the local Ray has CPUs train at a time, each in a "
+        "process of its own, while the rest wait in Ray's queue (each actor also pays a worker start of a few "
+        "seconds). The CPU the local Ray leaves out is the server's: its requests no longer queue behind "
+        "training, at the price of fewer jobs training at once on a small machine. On a cluster "
         "(README, Running on a Ray cluster) each added node brings its CPUs to the same queue: jobs are "
         "independent and exchange only a poll twice a second and a model zip at the end, so total steps/s "
         "should grow with the number of CPUs until the API server's polling becomes the limit; that was not "

@@ -10,7 +10,7 @@ from stable_baselines3.common.evaluation import evaluate_policy
 from errors import InvalidEvaluation, ModelNotExportable
 from export import ExportUnsupported, export_onnx
 from records import EvaluationRecord, ModelRecord, utcnow
-from routes.dependencies import ModelNameParam, RunnerDep, StoreDep
+from routes.dependencies import ADMIN_ONLY, ModelNameParam, RunnerDep, StoreDep
 from routes.listing import ModelListQuery, models_page
 from routes.replays import get_replays
 from routes.responses import CHANGES_STATE, error_responses
@@ -63,7 +63,11 @@ def model_info(model_name: ModelNameParam, store: StoreDep) -> ModelInfo:
 @router.get(
     "/models/{model_name}/download",
     response_class=Response,
-    responses={200: {"content": {"application/zip": {}}, "description": "The model's SB3 zip"}, **error_responses(404)},
+    responses={
+        200: {"content": {"application/zip": {}}, "description": "The model's SB3 zip"},
+        **error_responses(403, 404),
+    },
+    dependencies=[ADMIN_ONLY],
 )
 def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
     return Response(
@@ -83,8 +87,9 @@ def download_model(model_name: ModelNameParam, store: StoreDep) -> Response:
             "[batch, *observation_shape]); outputs 'action' (int64 for Discrete, MultiDiscrete and MultiBinary "
             "spaces, float32 and clipped for Box) and, for Discrete actions, 'action_probs'",
         },
-        **error_responses(400, 404, 500),
+        **error_responses(400, 403, 404, 500),
     },
+    dependencies=[ADMIN_ONLY],
 )
 def export_model(
     model_name: ModelNameParam,
@@ -109,6 +114,7 @@ def export_model(
     "/models/{model_name}/evaluate",
     response_model=EvaluateResponse,
     responses=error_responses(400, 404, 413, 500, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
 )
 def evaluate_model(
     model_name: ModelNameParam,
@@ -164,7 +170,10 @@ def evaluate_model(
 
 
 @router.delete(
-    "/models/{model_name}", response_model=DeleteResponse, responses=error_responses(404, 409, *CHANGES_STATE)
+    "/models/{model_name}",
+    response_model=DeleteResponse,
+    responses=error_responses(404, 409, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
 )
 def delete_model(model_name: ModelNameParam, store: StoreDep, runner: RunnerDep, request: Request) -> DeleteResponse:
     runner.ensure_not_training(model_name)

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Query, Request, Response
 
 from errors import InvalidEvaluation
 from replay import MEDIA_TYPES, ReplayCache, ReplayFormat
-from routes.dependencies import ModelNameParam, StoreDep
+from routes.dependencies import ADMIN_ONLY, ModelNameParam, StoreDep
 from routes.responses import error_responses
 
 router = APIRouter(tags=["models"])
@@ -29,8 +29,10 @@ def get_replays(request: Request) -> ReplayCache:
             "description": "One episode as an animated GIF or an MP4. Headers: X-Episode-Return, X-Episode-Length, "
             "X-Frames, X-Replay-Cache (hit or miss)",
         },
-        **error_responses(400, 404, 500),
+        **error_responses(400, 403, 404, 500),
     },
+    # An admin's, as evaluating is: the first request of a model and seed plays and draws for seconds.
+    dependencies=[ADMIN_ONLY],
 )
 async def replay_model(
     model_name: ModelNameParam,

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Body, Path, Request
 from optuna.trial import TrialState
 from pydantic import BaseModel, Field
 
+from routes.dependencies import ADMIN_ONLY
 from routes.responses import CHANGES_STATE, error_responses
 from studies import StudyManager, StudyRequest, preset_yaml, trial_view
 
@@ -95,7 +96,12 @@ def _summary(study_id: str, attrs: dict[str, Any], trials: list[optuna.trial.Fro
     }
 
 
-@router.post("/studies", response_model=StudyCreated, responses=error_responses(400, 409, *CHANGES_STATE))
+@router.post(
+    "/studies",
+    response_model=StudyCreated,
+    responses=error_responses(400, 409, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
+)
 def create_study(request: Request, body: Annotated[StudyRequest | None, Body()] = None) -> StudyCreated:
     studies = get_studies(request)
     study_id = studies.create(body or StudyRequest())
@@ -137,7 +143,10 @@ def get_study(study_id: StudyId, request: Request) -> StudyDetail:
 
 
 @router.post(
-    "/studies/{study_id}/stop", response_model=StudyAction, responses=error_responses(404, 409, *CHANGES_STATE)
+    "/studies/{study_id}/stop",
+    response_model=StudyAction,
+    responses=error_responses(404, 409, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
 )
 def stop_study(study_id: StudyId, request: Request) -> StudyAction:
     """Stop a running study: its running trials' jobs are stopped and the trials marked failed ('stopped')."""
@@ -147,7 +156,10 @@ def stop_study(study_id: StudyId, request: Request) -> StudyAction:
 
 
 @router.post(
-    "/studies/{study_id}/resume", response_model=StudyAction, responses=error_responses(404, 409, *CHANGES_STATE)
+    "/studies/{study_id}/resume",
+    response_model=StudyAction,
+    responses=error_responses(404, 409, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
 )
 def resume_study(study_id: StudyId, request: Request) -> StudyAction:
     """Go on with a stopped or interrupted study: new trials until n_trials have completed or been pruned."""

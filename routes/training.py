@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from jobs import JobRunner
 from records import JobState
-from routes.dependencies import RunnerDep
+from routes.dependencies import ADMIN_ONLY, RunnerDep
 from routes.listing import JobListQuery, jobs_page
 from routes.responses import CHANGES_STATE, error_responses
 from schemas import (
@@ -67,7 +67,12 @@ TRAIN_EXAMPLES = {
 }
 
 
-@router.post("/train", response_model=TrainResponse, responses=error_responses(400, 409, 413, 429, *CHANGES_STATE))
+@router.post(
+    "/train",
+    response_model=TrainResponse,
+    responses=error_responses(400, 409, 413, 429, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
+)
 def train(
     runner: RunnerDep, request: Annotated[TrainRequest | None, Body(openapi_examples=TRAIN_EXAMPLES)] = None
 ) -> TrainResponse:
@@ -185,7 +190,10 @@ def _event(name: str, data: BaseModel, event_id: int | None = None) -> str:
 
 
 @router.post(
-    "/training/{job_id}/stop", response_model=StopResponse, responses=error_responses(404, 409, *CHANGES_STATE)
+    "/training/{job_id}/stop",
+    response_model=StopResponse,
+    responses=error_responses(404, 409, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
 )
 def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     record = runner.stop(job_id)
@@ -199,6 +207,7 @@ def stop_job(job_id: str, runner: RunnerDep) -> StopResponse:
     "/training/{job_id}/resume",
     response_model=ResumeResponse,
     responses=error_responses(400, 404, 409, 429, *CHANGES_STATE),
+    dependencies=[ADMIN_ONLY],
 )
 def resume_job(
     job_id: str, runner: RunnerDep, request: Annotated[ResumeRequest | None, Body()] = None

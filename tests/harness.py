@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -22,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 # environment's preset says, so that a budget means the same number of rollouts everywhere.
 TINY = {"net_arch": [16], "n_steps": 32, "batch_size": 64, "n_epochs": 2, "n_envs": 1}
 CARTPOLE_OBS = [0.1, 0.0, 0.05, 0.0]
+NO_RATE_LIMITS = {"GRPO_RATE_LIMIT_INFERENCE": "", "GRPO_RATE_LIMIT_MANAGEMENT": ""}
 
 
 class Client(Protocol):
@@ -102,7 +104,8 @@ def free_port() -> int:
 
 class Server:
     """The service in a subprocess, on its own data folder: ``python run_api.py`` by default, or another
-    ``command`` that takes the same --port, --models-dir and --db flags."""
+    ``command`` that takes the same --port, --models-dir and --db flags. With ``tls`` (a context that trusts the
+    server's certificate) it is reached over HTTPS."""
 
     def __init__(
         self,
@@ -112,18 +115,21 @@ class Server:
         api_key: str | None = None,
         env: dict[str, str] | None = None,
         command: list[str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.root = root
         self.port = port
-        self.base = f"http://127.0.0.1:{port}"  # where uvicorn listens: no detour through ::1
+        self.tls = tls
+        self.base = f"{'https' if tls else 'http'}://127.0.0.1:{port}"  # where uvicorn listens: no detour through ::1
         self.process: subprocess.Popen[bytes] | None = None
         self.log = root / "server.log"
         self.command = command or [sys.executable, "run_api.py"]
         self.args = [*args, *(["--api-key", api_key] if api_key else [])]
         self.headers = {"X-API-Key": api_key} if api_key else {}
-        self.env = {**os.environ, **(env or {})}
+        # One client driving the server hard on purpose: per-client rate limits off unless ``env`` sets them.
+        self.env = {**os.environ, **NO_RATE_LIMITS, **(env or {})}
         # Talks to the server with its key: for wait_for_job and anything else that takes a Client.
-        self.http = httpx.Client(base_url=self.base, headers=self.headers, timeout=30)
+        self.http = httpx.Client(base_url=self.base, headers=self.headers, timeout=30, verify=tls or True)
 
     def start(self) -> None:
         command = [
@@ -137,7 +143,7 @@ class Server:
         while time.monotonic() < deadline:
             assert self.process.poll() is None, f"server exited:\n{self.log.read_text()}"
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.base}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base}/health", timeout=1, verify=self.tls or True).status_code == 200:
                     return
             time.sleep(0.2)
         raise AssertionError(f"server did not come up:\n{self.log.read_text()}")

@@ -13,9 +13,9 @@ import pytest
 from fastapi.testclient import TestClient
 from harness import CARTPOLE_OBS, TINY, assert_no_trace, make_settings, read_events, train, wait_for_job
 
+import access
 import api
 import rewards
-import routes.dependencies
 import routes.training
 from api import create_app
 from grpo import GRPO
@@ -609,7 +609,7 @@ def test_a_key_guards_every_endpoint_but_health_docs_and_the_dashboard(tmp_path:
             "type": "apiKey",
             "in": "header",
             "name": "X-API-Key",
-            "description": "The server's GRPO_API_KEY, when it has one",
+            "description": "One of the server's API keys, when it has any",
         }
         authorized = {"X-API-Key": "s3cret"}
         assert client.get("/models", headers=authorized).json() == {"models": []}
@@ -623,8 +623,8 @@ def test_a_key_guards_every_endpoint_but_health_docs_and_the_dashboard(tmp_path:
 
 def test_the_key_is_compared_in_constant_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[bytes, bytes]] = []
-    real = routes.dependencies.hmac.compare_digest
-    monkeypatch.setattr(routes.dependencies.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
+    real = access.hmac.compare_digest
+    monkeypatch.setattr(access.hmac, "compare_digest", lambda a, b: calls.append((a, b)) or real(a, b))
     with TestClient(create_app(make_settings(tmp_path, api_key="s3cret"))) as client:
         assert client.get("/models", headers={"X-API-Key": "guess"}).status_code == 401
     assert calls == [(b"guess", b"s3cret")]

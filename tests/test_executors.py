@@ -17,7 +17,7 @@ from fastapi.testclient import TestClient
 from harness import CARTPOLE_OBS, TINY, Server, free_port, make_settings, read_events, train, wait_for_job
 
 from api import create_app
-from executors import ThreadExecutor
+from executors import ThreadExecutor, local_ray_cpus
 from settings import Settings
 
 # As a cluster should run: with token authentication, the service holding the cluster's token.
@@ -137,3 +137,12 @@ def test_training_threads_yield_the_cpu_to_the_server():
     executor.shutdown()
     assert seen == [min(19, base + 5)]
     assert os.getpriority(os.PRIO_PROCESS, 0) == base  # the server's own threads keep their priority
+
+
+def test_a_local_ray_leaves_a_cpu_to_the_server_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert local_ray_cpus(Settings()) == 7
+    assert local_ray_cpus(Settings(ray_server_cpus=0)) == 8
+    assert local_ray_cpus(Settings(ray_num_cpus=3)) == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    assert local_ray_cpus(Settings()) == 1  # never none for the jobs

@@ -106,6 +106,26 @@ def test_a_job_past_its_wall_clock_timeout_fails_and_keeps_its_model(tmp_path: P
         assert client.post("/inference", json={"model_name": "slow", "observation": CARTPOLE_OBS}).status_code == 200
 
 
+def test_a_resumed_jobs_timeout_counts_its_earlier_running_time(tmp_path: Path) -> None:
+    with TestClient(create_app(make_settings(tmp_path, job_timeout_s=6.0))) as client:
+        job_id = train(client, model_name="budget", total_timesteps=200_000)
+        wait_for_job(client, job_id, until=lambda status: status["current_timesteps"] > 0)
+        time.sleep(4.5)
+        stopped = client.post(f"/training/{job_id}/stop").json()
+        assert stopped["status"] == "stopped"
+        earlier = client.get(f"/training/{job_id}/metrics").json()["points"][-1]["wall_time_s"]
+        assert earlier >= 4.5
+        resumed_at = time.monotonic()
+        assert client.post(f"/training/{job_id}/resume").status_code == 200
+        status = wait_for_job(client, job_id, timeout=30)
+        resumed_for = time.monotonic() - resumed_at
+        print(f"\nran {earlier:.1f} s, resumed: timed out after {resumed_for:.1f} s more (limit 6 s in all)")
+        assert status["status"] == "failed" and status["error_message"].startswith("Timed out")
+        # The second run was given what was left of the 6 s, not 6 s of its own.
+        assert resumed_for < 6.0
+        assert client.get(f"/training/{job_id}/metrics").json()["points"][-1]["wall_time_s"] >= 6.0
+
+
 # model names
 
 

@@ -30,14 +30,14 @@ def test_limit_settings_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.max_request_bytes == 4096 and settings.cors_origins == ["https://a.example"]
 
 
-def test_api_key_from_the_environment_and_the_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_api_key_from_the_environment_and_the_command_line(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("GRPO_API_KEY", "from-env")
     assert Settings().api_key.get_secret_value() == "from-env"
     assert "from-env" not in repr(Settings())
     captured: dict[str, Any] = {}
     monkeypatch.setattr(run_api.uvicorn, "run", lambda app, **kwargs: None)
     monkeypatch.setattr(run_api, "create_app", lambda settings: captured.setdefault("settings", settings))
-    run_api.main(["--api-key", "from-flag"])
+    run_api.main(["--api-key", "from-flag", "--models-dir", str(tmp_path)])
     assert captured["settings"].api_key.get_secret_value() == "from-flag"
 
 
@@ -46,7 +46,7 @@ def test_a_blank_api_key_means_no_key(monkeypatch: pytest.MonkeyPatch) -> None:
     assert Settings().api_key is None
 
 
-def test_run_api_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_run_api_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     captured: dict[str, Any] = {}
 
     def fake_run(app: Any, **kwargs: Any) -> None:
@@ -54,10 +54,15 @@ def test_run_api_flags_map_onto_settings(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(run_api.uvicorn, "run", fake_run)
     monkeypatch.setattr(run_api, "create_app", lambda settings: captured.setdefault("settings", settings))
-    run_api.main(["--port", "8123", "--models-dir", "/tmp/m", "--db", "/tmp/j.db", "--max-concurrent-jobs", "4"])
+    models, database = tmp_path / "m", tmp_path / "j.db"
+    tls = ["--ssl-certfile", "cert.pem", "--ssl-keyfile", "key.pem"]
+    run_api.main(
+        ["--port", "8123", "--models-dir", str(models), "--db", str(database), "--max-concurrent-jobs", "4", *tls]
+    )
     settings = captured["settings"]
+    assert captured["ssl_certfile"] == Path("cert.pem") and captured["ssl_keyfile"] == Path("key.pem")
     assert captured["host"] == "127.0.0.1" and captured["port"] == 8123 and captured["log_level"] == "info"
-    assert settings.models_dir == Path("/tmp/m") and settings.db_path == Path("/tmp/j.db")
+    assert settings.models_dir == models and settings.db_path == database
     assert settings.max_concurrent_jobs == 4
 
 

@@ -12,7 +12,7 @@ from api import create_app
 from errors import InvalidName
 from grpo import GRPO
 from records import ModelRecord, utcnow
-from store import Database, ModelCache, ModelStore
+from store import DISK_RESERVE_FILE, Database, ModelCache, ModelStore
 
 
 def test_database_is_sqlite_with_the_records(service: TestClient) -> None:
@@ -61,7 +61,7 @@ def test_save_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     record = ModelRecord(name="atomic", size_bytes=0, created_at=utcnow())
     with pytest.raises(OSError):
         store.save(model, record)
-    assert store.names() == [] and list(store.models_dir.iterdir()) == []
+    assert store.names() == [] and [path.name for path in store.models_dir.iterdir()] == [DISK_RESERVE_FILE]
     monkeypatch.undo()
     store.save(model, record)
     assert store.names() == ["atomic"] and db.get_model("atomic") is not None
