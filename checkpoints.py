@@ -12,7 +12,8 @@ parameters as the uninterrupted one.
 Take a checkpoint between two updates (a callback's ``_on_rollout_start``, or after ``learn`` returned), as the
 service does. Environments in processes of their own (``SubprocVecEnv``) cannot be copied: such a run resumes with
 freshly reset environments, its generator and random states restored, close to but not exactly the uninterrupted
-run. SB3's loader ignores the extra member, so a checkpoint is also an ordinary model zip.
+run. So does a model loaded and not yet stepped (the copy of a Ray actor's model the service saves): it has
+nothing in flight. SB3's loader ignores the extra member, so a checkpoint is also an ordinary model zip.
 """
 
 import io
@@ -56,7 +57,8 @@ def _restored_environments(saved: dict[str, Any]) -> VecEnv:
 def training_state(model: GRPO) -> bytes:
     """What ``model``'s run has in flight, pickled."""
     env = model.get_env()
-    environments = _environments(env)
+    # No observation yet: the model was loaded on environments it never stepped, whose episodes are nobody's run.
+    environments = _environments(env) if model._last_obs is not None else None
     state = {
         "environments": environments,
         "rollout_buffer": model.rollout_buffer if environments is not None else None,

@@ -435,7 +435,10 @@ class EpisodeGroupMode(GroupMode):
         # Kept in the model's __dict__, so GRPO.save saves it and GRPO.load hands it back: a loaded model's groups
         # go on from its generator instead of the seed's first groups again.
         saved: EpisodeGroups | None = getattr(model, "_group_schedule", None)
-        self.schedule = saved if saved is not None else EpisodeGroups(model.group_size, model.seed)
+        # A saved model loaded with another group_size (a job's init_model) starts a schedule of that size.
+        if saved is None or saved.group_size != model.group_size:
+            saved = EpisodeGroups(model.group_size, model.seed)
+        self.schedule = saved
         self.schedule.env_touches = None  # the envs it last saw are not this model's
         model._group_schedule = self.schedule
 

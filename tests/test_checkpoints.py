@@ -14,6 +14,7 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.vec_env import VecEnv, VecNormalize
 
+from artifacts import read_normalizer
 from checkpoints import load_checkpoint, read_training_state, save_checkpoint
 from grpo import GRPO
 
@@ -117,6 +118,9 @@ def test_grpo_load_keeps_the_group_seed_generator(tmp_path: Path) -> None:
     assert [loaded.groups.schedule._reserve() for _ in range(8)] == [model.groups.schedule._reserve() for _ in range(8)]
     fresh = GRPO("MlpPolicy", "CartPole-v1", **SETTINGS)
     assert fresh.groups.schedule._reserve()[1] != loaded.groups.schedule._reserve()[1]
+    # Loaded with another group size (a job's init_model), the model starts a schedule of that size.
+    regrouped = GRPO.load(tmp_path / "model.zip", device="cpu", group_size=8)
+    assert regrouped.groups.schedule.group_size == 8 and regrouped.groups.schedule.open_group == -1
 
 
 def test_a_plain_model_zip_has_no_training_state(tmp_path: Path) -> None:
@@ -126,6 +130,21 @@ def test_a_plain_model_zip_has_no_training_state(tmp_path: Path) -> None:
     assert load_checkpoint(tmp_path / "model.zip", device="cpu").num_timesteps == 0
     save_checkpoint(model, tmp_path / "checkpoint")
     assert read_training_state(tmp_path / "checkpoint.zip") is not None
+
+
+def test_a_model_loaded_on_environments_it_never_stepped_carries_none(tmp_path: Path) -> None:
+    # What the service saves of a Ray actor's model: loaded on one fresh environment (under the saved statistics),
+    # whose episodes are no run's; a resume must make the job's own environments, not go on in that one.
+    trained = GRPO("MlpPolicy", _env(True), **SETTINGS)
+    trained.learn(64)
+    save_checkpoint(trained, tmp_path / "trained.zip")
+    assert read_training_state(tmp_path / "trained.zip")["environments"] is not None
+    assert read_normalizer(tmp_path / "trained.zip") is not None  # the statistics a plain load goes on with
+    reloaded = GRPO.load(tmp_path / "trained.zip", env=make_vec_env("CartPole-v1", n_envs=1), device="cpu")
+    save_checkpoint(reloaded, tmp_path / "reloaded.zip")
+    assert read_training_state(tmp_path / "reloaded.zip")["environments"] is None
+    resumed = load_checkpoint(tmp_path / "reloaded.zip", env=_env(False), device="cpu")
+    assert resumed.get_env().num_envs == 2
 
 
 def test_a_job_killed_and_resumed_ends_with_the_uninterrupted_jobs_parameters(tmp_path: Path) -> None:
