@@ -44,7 +44,7 @@ from routes.dependencies import require_inference_key, require_management_key
 from routes.responses import error_responses
 from security_log import REFUSED_NAME, SecurityLog
 from settings import Settings
-from store import Database, ModelCache, ModelStore
+from store import Database, ModelCache, ModelStore, is_disk_full
 from studies import StudyManager, StudyNotActive, StudyNotFound
 from training import check_presets
 
@@ -117,6 +117,12 @@ async def validation_error_handler(request: Request, exc: Exception) -> JSONResp
 
 
 async def unexpected_error_handler(request: Request, exc: Exception) -> JSONResponse:
+    if is_disk_full(exc):
+        # A write of the request (an evaluation kept, a replay cached, a study's records) found no space; SQLite and
+        # the store dropped it whole, and what was there before stands.
+        logger.error("%s %s: the disk is full (%s: %s)", request.method, request.url.path, type(exc).__name__, exc)
+        detail = "The server's disk is full: what this request would have written was dropped; free some space"
+        return JSONResponse({"detail": detail}, status_code=507)
     logger.exception("unexpected error in %s %s", request.method, request.url.path, exc_info=exc)
     return JSONResponse({"detail": "Internal server error"}, status_code=500)
 

@@ -168,9 +168,15 @@ class ReplayCache:
             for old in folder.iterdir():
                 if not old.name.startswith(f"{version}-"):
                     old.unlink(missing_ok=True)
-            path.write_bytes(replay.data)
             described = {key: value for key, value in asdict(replay).items() if key not in ("data", "cached")}
-            meta.write_text(json.dumps(described))
+            try:
+                path.write_bytes(replay.data)
+                meta.write_text(json.dumps(described))
+            except OSError:
+                # A full disk cut a write short: no half-written entry is served later (the next request renders).
+                path.unlink(missing_ok=True)
+                meta.unlink(missing_ok=True)
+                raise
             return replay
 
     def forget(self, model_name: str) -> None:

@@ -12,7 +12,7 @@ import logging
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 logger = logging.getLogger("grpo.security")
 
@@ -36,10 +36,9 @@ class SecurityLog:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._file = None
+        self._file: TextIO | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "a", encoding="utf-8")  # open for the server's life
 
     def record(self, scope: dict[str, Any], status: int, detail: str = "", event: str | None = None) -> dict[str, Any]:
         """Write one event about the request whose ASGI ``scope`` is given (``request.scope`` in a route); the key's
@@ -57,12 +56,17 @@ class SecurityLog:
         }
         # ensure_ascii: a refused name with control characters or odd Unicode cannot break the line or the terminal.
         line = json.dumps(entry, ensure_ascii=True)
-        if self._file is None:
+        if self.path is None:
             logger.warning(line)
             return entry
         with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
+            try:
+                if self._file is None:  # opened at the first event, again after close (an app started twice)
+                    self._file = open(self.path, "a", encoding="utf-8")
+                self._file.write(line + "\n")
+                self._file.flush()
+            except OSError as error:  # a full disk must not turn a refusal into a 500: the server's log has it
+                logger.warning("%s (not written to %s: %s)", line, self.path, error)
         return entry
 
     def close(self) -> None:

@@ -1,11 +1,16 @@
 """Evaluations kept with the model: each POST /models/{name}/evaluate is stored (episodes, seed, mean, std, when),
 listed newest first by GET /models/{name}, survives a restart, and goes when the model goes."""
 
+import sqlite3
+from typing import Any
+
+import pytest
 from fastapi.testclient import TestClient
 from harness import train, wait_for_job
 
 from api import create_app
 from settings import Settings
+from store import Database
 
 
 def test_evaluations_are_kept_with_the_model(client: TestClient, settings: Settings) -> None:
@@ -34,3 +39,20 @@ def test_kept_evaluations_survive_a_restart_and_go_with_the_model(settings: Sett
         client.delete("/models/kept")
         wait_for_job(client, train(client, model_name="kept", total_timesteps=512))
         assert client.get("/models/kept").json()["evaluations"] == []
+
+
+def test_an_evaluation_that_finds_the_disk_full_is_a_507_and_keeps_nothing(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real full disk (a tmpfs) is tests/test_full_disk.py's; here SQLite's answer to one, as it raises it.
+    def full(*_: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        wait_for_job(client, train(client, model_name="kept", total_timesteps=256))
+        monkeypatch.setattr(Database, "add_evaluation", full)
+        refused = client.post("/models/kept/evaluate", json={"n_episodes": 1})
+        assert refused.status_code == 507 and "disk is full" in refused.json()["detail"]
+        monkeypatch.undo()
+        assert client.get("/models/kept").json()["evaluations"] == []
+        assert client.post("/models/kept/evaluate", json={"n_episodes": 1}).status_code == 200

@@ -34,6 +34,21 @@ def test_events_are_json_lines_in_their_own_file(tmp_path: Path) -> None:
     assert len(events[2]["detail"]) == MAX_DETAIL  # an attacker's name cannot flood the log, nor break its lines
 
 
+def test_a_log_is_reopened_after_close_and_a_failed_write_goes_to_the_server_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = SecurityLog(tmp_path / "security.jsonl")
+    log.record(_scope(), 401, "first run")
+    log.close()  # an app's lifespan ended; the same app may start again (tests, uvicorn reloads)
+    log.record(_scope(), 401, "second run")
+    log.close()
+    assert len((tmp_path / "security.jsonl").read_text().splitlines()) == 2
+    (tmp_path / "unwritable").mkdir()  # opening a folder fails as a full disk's write does: with an OSError
+    with caplog.at_level(logging.WARNING, logger="grpo.security"):
+        SecurityLog(tmp_path / "unwritable").record(_scope(), 429, "a refusal is still logged")
+    assert "a refusal is still logged" in caplog.records[-1].getMessage()
+
+
 def test_without_a_file_events_go_to_the_server_log(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="grpo.security"):
         SecurityLog().record(_scope(), 403, "inference key")
