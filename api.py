@@ -297,7 +297,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=health.STATIC_DIR), name="static")
     app.add_middleware(RequestSizeLimit, max_bytes=settings.max_request_bytes, security_log=security_log)
     # Inside CORS: an origin it allows gets the CORS headers on a refusal too, and can read why.
-    app.add_middleware(CrossSiteGuard, allowed_origins=settings.cors_origins)
+    app.add_middleware(CrossSiteGuard, allowed_origins=settings.cors_origins, security_log=security_log)
     app.add_middleware(RequestMetrics, metrics=metrics)  # outermost but CORS: times the 413s too
     if settings.cors_origins:
         app.add_middleware(

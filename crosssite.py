@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 
+from security_log import CROSS_SITE, SecurityLog
+
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # What a browser says of a request from a page of the origin it goes to, or from no page (typed in, a bookmark).
 SAME_ORIGIN_FETCH_SITES = frozenset({"same-origin", "none"})
@@ -39,15 +41,18 @@ class CrossSiteGuard:
     """ASGI middleware: refuses (403, 415) the state-changing requests a page of another origin could send without
     a preflight. ``allowed_origins`` are the origins whose pages may (``GRPO_CORS_ORIGINS``; ``*``: any)."""
 
-    def __init__(self, app: Any, allowed_origins: list[str]) -> None:
+    def __init__(self, app: Any, allowed_origins: list[str], security_log: SecurityLog | None = None) -> None:
         self.app = app
         self.allowed_origins = {origin.rstrip("/").lower() for origin in allowed_origins}
+        self.security_log = security_log
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
             refusal = self.refusal(Headers(scope=scope))
             if refusal is not None:
                 status, detail = refusal
+                if self.security_log is not None:
+                    self.security_log.record(scope, status, detail, event=CROSS_SITE)
                 await JSONResponse({"detail": detail}, status_code=status)(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -1,5 +1,6 @@
 """Security events, one JSON object a line: requests refused for a missing or wrong key (401), a key outside its
-scope (403), a body or batch too large (413), a rate or queue limit (429), and names or paths refused as invalid.
+scope (403), a body or batch too large (413), a rate or queue limit (429), names or paths refused as invalid, and
+state-changing requests a web page of another origin sent (``crosssite.py``'s 403 and 415).
 
 Each line holds the time (UTC, ISO 8601), the event, the status code, the client's address, the method and path,
 the key's id when the request sent a known key (never the key itself) and a short detail. The lines go to a file
@@ -24,6 +25,8 @@ EVENTS = {
     429: "rate_limited",
 }
 REFUSED_NAME = "refused_name"
+# A state-changing request a page of another origin sent (crosssite.py): 403, or 415 for a body that is not JSON.
+CROSS_SITE = "cross_site"
 # Where authentication leaves the id of the key a request sent (request.state.key_id).
 KEY_ID = "key_id"
 # A detail longer than this is cut: a refused name may be an attacker's 5,000 characters.

@@ -75,3 +75,18 @@ def test_the_server_logs_oversized_bodies_and_refused_names(tmp_path: Path) -> N
     ]
     assert "model_name" in events[2]["detail"] and "body.model_name" in events[3]["detail"]
     assert all(event["client"] == "testclient" for event in events)
+
+
+def test_the_server_logs_cross_site_refusals(tmp_path: Path) -> None:
+    path = tmp_path / "security.jsonl"
+    with TestClient(create_app(make_settings(tmp_path, security_log=path))) as client:
+        page = {"Origin": "https://evil.example"}
+        assert client.post("/train", json={}, headers=page).status_code == 403
+        form = {"Content-Type": "text/plain"}
+        assert client.request("DELETE", "/models/kept", content=b"x", headers=form).status_code == 415
+    events = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(event["event"], event["status"], event["path"]) for event in events] == [
+        ("cross_site", 403, "/train"),
+        ("cross_site", 415, "/models/kept"),
+    ]
+    assert "evil.example" in events[0]["detail"]
