@@ -3,7 +3,8 @@
 A request's omitted fields take the environment's preset, then the defaults (``training.resolve_settings``); the
 result is checked against the environment it names (tried with random actions: spaces, episode lengths), this
 server's limits (budget, rollout memory) and what GRPO can do with it (policy, reward function, branching, one
-complete group). Each refusal is an ``InvalidTrainingRequest`` that says what to change.
+complete group). Each refusal is an ``InvalidTrainingRequest`` that says what to change. A resumed job is admitted
+again from its record (``recorded_config``).
 """
 
 import math
@@ -14,8 +15,9 @@ from pydantic import ValidationError
 from stable_baselines3.common.preprocessing import is_image_space
 
 from envs import check_forkable
-from errors import InvalidTrainingRequest
+from errors import InvalidTrainingRequest, JobNotResumable
 from presets import Preset
+from records import JobRecord
 from rewards import REWARD_FUNCTIONS, fits
 from settings import Settings
 from store import ModelStore, describe_space
@@ -197,3 +199,28 @@ def init_model(config: TrainingConfig, store: ModelStore) -> bytes | None:
             f"{config.env_name!r} has"
         )
     return store.read_bytes(config.init_model)
+
+
+# a job resumed: what its record becomes before it is queued again
+
+
+def recorded_config(record: JobRecord, settings: Settings) -> TrainingConfig:
+    """A job's settings as its record keeps them, to resume it with."""
+    # A null is an unset value: the config's default fills it (a record from before a field had one).
+    values = {key: value for key, value in record.config.items() if value is not None}
+    if values.get("checkpoint_interval") is None:  # recorded before checkpoints
+        values["checkpoint_interval"] = settings.checkpoint_interval
+    try:
+        return TrainingConfig(**values)
+    except ValidationError as error:
+        raise JobNotResumable(
+            f"Training job {record.job_id}'s recorded settings are no longer valid: {error.errors()[0]['msg']}"
+        ) from None
+
+
+def resumed_init_model(job_id: str, config: TrainingConfig, store: ModelStore) -> bytes | None:
+    """The saved model a job resumed without a checkpoint starts from again, if it started from one."""
+    try:
+        return init_model(config, store)
+    except InvalidTrainingRequest as error:
+        raise JobNotResumable(f"Training job {job_id} cannot start again: {error.detail}") from None

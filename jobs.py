@@ -16,12 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from admission import init_model, job_config
+from admission import init_model, job_config, recorded_config, resumed_init_model
 from checkpoints import save_checkpoint
 from errors import (
-    InvalidTrainingRequest,
     JobNotActive,
     JobNotFound,
     JobNotResumable,
@@ -152,7 +149,7 @@ class JobRunner:
                 raise JobNotResumable(
                     f"Training job {job_id} is {record.status.value}; only interrupted, stopped and failed jobs resume"
                 )
-            config = self._recorded_config(record)
+            config = recorded_config(record, self.settings)
             may_replace = overwrite or self._model_is_the_jobs_to_replace(record, config)
             position = self._admit(config.model_name, may_replace, resumed=record)
             checkpoint = self._checkpoint_path(job_id)
@@ -175,7 +172,7 @@ class JobRunner:
                 timesteps=timesteps,
                 metrics=record.metrics,
                 resume_from=checkpoint if timesteps else None,
-                init_from=None if timesteps else self._resumable_init_model(job_id, config),
+                init_from=None if timesteps else resumed_init_model(job_id, config, self.store),
                 history=history,
                 saved_points=len(history),
             )
@@ -183,13 +180,6 @@ class JobRunner:
         logger.info("job %s resumed from %d timesteps", job_id, timesteps)
         self._enqueue(job)
         return self.get(job_id), position
-
-    def _resumable_init_model(self, job_id: str, config: TrainingConfig) -> bytes | None:
-        # Without a checkpoint, a job that started from a saved model starts from it again.
-        try:
-            return init_model(config, self.store)
-        except InvalidTrainingRequest as error:
-            raise JobNotResumable(f"Training job {job_id} cannot start again: {error.detail}") from None
 
     def _enqueue(self, job: ActiveJob) -> None:
         entry = self.executor.submit(lambda: self._run(job))
@@ -204,18 +194,6 @@ class JobRunner:
             return True
         model = self.store.record(config.model_name)
         return model.job_id == record.job_id or (config.overwrite and model.created_at <= record.created_at)
-
-    def _recorded_config(self, record: JobRecord) -> TrainingConfig:
-        # A null is an unset value: the config's default fills it (a record from before a field had one).
-        values = {key: value for key, value in record.config.items() if value is not None}
-        if values.get("checkpoint_interval") is None:  # recorded before checkpoints
-            values["checkpoint_interval"] = self.settings.checkpoint_interval
-        try:
-            return TrainingConfig(**values)
-        except ValidationError as error:
-            raise JobNotResumable(
-                f"Training job {record.job_id}'s recorded settings are no longer valid: {error.errors()[0]['msg']}"
-            ) from None
 
     def _checkpoint_path(self, job_id: str) -> Path:
         return self.settings.jobs_dir / job_id / CHECKPOINT_FILE
@@ -433,19 +411,12 @@ class JobRunner:
             self._checkpoint_path(job.record.job_id).unlink(missing_ok=True)
 
     def _fail_on_full_disk(self, job: ActiveJob, error: Exception) -> None:
-        """Record that a write of the job (model, checkpoint, metrics, logs) found the disk full. What it was
-        writing was dropped whole; the files and records from before are as they were."""
+        """Record that a write of the job (model, checkpoint, metrics, logs) found the disk full."""
         logger.error("job %s failed: the disk is full (%s: %s)", job.record.job_id, type(error).__name__, error)
         self.store.reserve.release()  # room for the records below
-        record = self.db.get_job(job.record.job_id)
-        checkpoint = record.checkpoint_timesteps if record is not None else None
-        kept = f"its last checkpoint ({checkpoint} timesteps)" if checkpoint else "no checkpoint"
-        message = (
-            f"The disk is full: {type(error).__name__}: {error}. What was being written was dropped whole; "
-            f"the job keeps {kept} and the models saved before are intact. Free some space, then resume the job"
-        )
+        checkpoint = self.get(job.record.job_id).checkpoint_timesteps
         try:
-            self._finish(job, JobState.FAILED, error_message=message)
+            self._finish(job, JobState.FAILED, error_message=full_disk_message(error, checkpoint))
         except sqlite3.Error as again:
             # Even the reserve did not make room: the restart after space is freed marks the job interrupted.
             logger.error("job %s: its failure could not be recorded either (%s)", job.record.job_id, again)
@@ -481,3 +452,13 @@ class JobRunner:
         self.db.update_job(job_id, status=status, **values)
         detail = values.get("error_message") or values.get("message") or ""
         logger.info("job %s %s%s", job_id, status.value, f": {detail}" if detail else "")
+
+
+def full_disk_message(error: Exception, checkpoint_timesteps: int | None) -> str:
+    """What the record of a job that found the disk full says: what it was writing was dropped whole (the files and
+    records from before are as they were), what it keeps, what to do."""
+    kept = f"its last checkpoint ({checkpoint_timesteps} timesteps)" if checkpoint_timesteps else "no checkpoint"
+    return (
+        f"The disk is full: {type(error).__name__}: {error}. What was being written was dropped whole; "
+        f"the job keeps {kept} and the models saved before are intact. Free some space, then resume the job"
+    )
