@@ -97,6 +97,9 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self._state: _StateCollector | None = None
+        # Each label set's counter and histogram, looked up once: ``labels()`` costs more than the counting itself, and
+        # the label sets are few (routes are templates, not paths).
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def watch(
         self,
@@ -114,9 +117,14 @@ class ServiceMetrics:
         self.batch_size.observe(size)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
-        labels = (method, route, str(status))
-        self.requests.labels(*labels).inc()
-        self.latency.labels(*labels).observe(seconds)
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            labels = (method, route, str(status))
+            children = self._children[key] = (self.requests.labels(*labels), self.latency.labels(*labels))
+        requests, latency = children
+        requests.inc()
+        latency.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
