@@ -16,11 +16,15 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))  # run as a script from anywhere
 
-from benchmarks.api import OBSERVATION, SPARSE_POLLS, load  # noqa: E402
+from benchmarks.api import OBSERVATION, SPARSE_POLLS  # noqa: E402
 from benchmarks.report import DEFAULT_MARKDOWN, publish  # noqa: E402
 from executors import local_ray_cpus  # noqa: E402
 from settings import Settings  # noqa: E402
@@ -28,6 +32,37 @@ from tests.harness import Server, free_port, start_job, wait_for_job  # noqa: E4
 
 JOBS = 4
 CONCURRENCY = 4
+
+
+async def load(url: str, body: dict[str, Any], concurrency: int, duration: float) -> dict[str, float]:
+    """Requests per second and latency percentiles of ``concurrency`` clients posting ``body`` for ``duration``.
+    In Python (httpx), as this section always measured: benchmarks/api.py drives wrk, for the service's ceiling."""
+    latencies: list[float] = []
+    errors = 0
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=60) as client:
+        for _ in range(concurrency):  # warm the connections and the model cache
+            await client.post(url, json=body)
+        stop_at = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while time.perf_counter() < stop_at:
+                started = time.perf_counter()
+                response = await client.post(url, json=body)
+                latencies.append(time.perf_counter() - started)
+                errors += response.status_code != 200
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000
+    return {
+        "rps": len(latencies) / elapsed,
+        "p50": float(np.percentile(ms, 50)),
+        "p99": float(np.percentile(ms, 99)),
+        "errors": errors,
+    }
 
 
 def measure(executor: str, timesteps: int, duration: float) -> dict[str, float]:
