@@ -85,9 +85,9 @@ def test_process_advantages_are_return_to_go_of_normalised_rewards():
 
 def test_timestep_advantages_compare_returns_to_go_at_the_same_step():
     # to-go [3, 2, 1] and [1]; an ended episode counts 0 at later steps, so the step baselines are
-    # [2, 1, 0.5]; the scale is the std of the group's to-go values [3, 2, 1, 1]: sqrt(2.75 / 3)
+    # [2, 1, 0.5]; the scale is the std of the members' returns [3, 1]: sqrt(2)
     adv, stats = timestep_advantages(np.ones(4), _episodes(3, 1), np.array([0, 0]), gamma=1.0)
-    np.testing.assert_allclose(adv, np.array([1, 1, 0.5, -1]) / np.sqrt(2.75 / 3), atol=1e-6)
+    np.testing.assert_allclose(adv, np.array([1, 1, 0.5, -1]) / np.sqrt(2), atol=1e-6)
     assert stats == (1, 0)
     adv, _ = timestep_advantages(np.ones(4), _episodes(3, 1), np.array([0, 0]), gamma=1.0, scale_rewards="none")
     np.testing.assert_allclose(adv, [1, 1, 0.5, -1], atol=1e-6)
