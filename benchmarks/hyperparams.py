@@ -166,4 +166,15 @@ GRPO_STATE: dict[str, dict[str, Any]] = {
 # GRPO's own settings are its presets, hyperparams/grpo.yml: the same file the service and Python users read.
 GRPO_PRESETS: dict[str, dict[str, Any]] = {env_id: dict(preset.values) for env_id, preset in presets.read().items()}
 
-HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {"ppo": PPO_ZOO, "grpo": GRPO_PRESETS, "grpo_state": GRPO_STATE}
+# PPO with the zoo's settings on the shaped reward branching is given (a RewardFunctionWrapper around each env):
+# the same signal on both sides of the branching table.
+PPO_SHAPED: dict[str, dict[str, Any]] = {
+    env_id: {**PPO_ZOO[env_id], "reward_wrapper": entry["reward_function"]} for env_id, entry in GRPO_STATE.items()
+}
+
+HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {
+    "ppo": PPO_ZOO,
+    "grpo": GRPO_PRESETS,
+    "grpo_state": GRPO_STATE,
+    "ppo_shaped": PPO_SHAPED,
+}

@@ -48,17 +48,24 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 import presets
 from benchmarks.hyperparams import HYPERPARAMS
 from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown
 from grpo import GRPO
+from rewards import RewardFunctionWrapper
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO}
-ALGO_LABELS = {"grpo": "GRPO", "ppo": "PPO (zoo)", "grpo_state": "GRPO, branching (state mode)"}
-ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2"}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO, "ppo_shaped": PPO}
+ALGO_LABELS = {
+    "grpo": "GRPO",
+    "ppo": "PPO (zoo)",
+    "grpo_state": "GRPO, branching (state mode)",
+    "ppo_shaped": "PPO (zoo), branching's shaped reward",
+}
+ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2", "ppo_shaped": "C3"}
 
 
 # What a plain run covers; the others (MountainCar, box2d's continuous lander, MuJoCo) are asked for by --envs.
@@ -145,21 +152,34 @@ class ModelSetup:
     n_envs: int
     normalize: dict[str, Any] | None  # VecNormalize kwargs; None: no normalisation
     kwargs: dict[str, Any]  # the algorithm's constructor arguments
+    reward_wrapper: str | None = None  # a reward function the env's reward is replaced with (PPO on GRPO's reward)
 
 
 def model_setup(hyperparams: dict[str, Any]) -> ModelSetup:
     """Translate a zoo-style entry of ``benchmarks/hyperparams.py`` as rl-baselines3-zoo's ExperimentManager does,
     through the loader of GRPO's presets."""
+    hyperparams = dict(hyperparams)
+    reward_wrapper = hyperparams.pop("reward_wrapper", None)
     preset = presets.Preset("", hyperparams)
     kwargs = preset.algorithm_kwargs()
     kwargs.pop("n_timesteps", None)  # the budget is the benchmark's
-    return ModelSetup(n_envs=preset.n_envs, normalize=preset.normalize, kwargs=kwargs)
+    return ModelSetup(n_envs=preset.n_envs, normalize=preset.normalize, kwargs=kwargs, reward_wrapper=reward_wrapper)
 
 
-def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | None, evaluation: bool = False) -> VecEnv:
+def make_env(
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    normalize: dict[str, Any] | None,
+    evaluation: bool = False,
+    reward_wrapper: str | None = None,
+) -> VecEnv:
     if normalize is not None and evaluation:  # statistics come from the training env; returns are reported as is
         normalize = {**normalize, "training": False, "norm_reward": False}
-    return presets.make_env(env_id, n_envs, seed, normalize)
+    if reward_wrapper is None or evaluation:  # evaluations always score the env's own reward
+        return presets.make_env(env_id, n_envs, seed, normalize)
+    env = make_vec_env(env_id, n_envs, seed, wrapper_class=RewardFunctionWrapper, wrapper_kwargs={"fn": reward_wrapper})
+    return env if normalize is None else VecNormalize(env, **normalize)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,6 +195,12 @@ class Job:
     budget: int
     eval_every: int
     max_seconds: float | None = None  # a wall-clock cap on training; the run then ends short of its budget
+    overrides: tuple[tuple[str, Any], ...] = ()  # constructor arguments over the algorithm's entry (ablations)
+    label: str = ""  # the name its results go by (default: algo)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.algo
 
 
 @dataclass(frozen=True)
@@ -273,9 +299,10 @@ def steps_to_threshold(points: Sequence[EvalPoint], threshold: float) -> int | N
 
 def run_one(job: Job) -> RunResult:
     setup = model_setup(HYPERPARAMS[job.algo][job.env_id])
-    env = make_env(job.env_id, setup.n_envs, job.seed, setup.normalize)
+    env = make_env(job.env_id, setup.n_envs, job.seed, setup.normalize, reward_wrapper=setup.reward_wrapper)
     eval_env = make_env(job.env_id, EVAL_EPISODES, EVAL_SEED, setup.normalize, evaluation=True)
-    model = ALGORITHMS[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", **setup.kwargs)
+    kwargs = {**setup.kwargs, **dict(job.overrides)}
+    model = ALGORITHMS[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", **kwargs)
     evaluation = IntervalEvaluation(eval_env, eval_marks(job.budget, job.eval_every))
     deadline = WallClockLimit(job.max_seconds)
 
@@ -290,7 +317,7 @@ def run_one(job: Job) -> RunResult:
     eval_env.close()
 
     return RunResult(
-        algo=job.algo,
+        algo=job.name,
         env_id=job.env_id,
         seed=job.seed,
         budget=job.budget,
@@ -343,7 +370,7 @@ def run_jobs(jobs: Sequence[Job], workers: int) -> list[RunResult]:
             for future in as_completed(futures):
                 results.append(future.result())
                 print_progress(results[-1], len(results), len(jobs))
-    rank = {(job.algo, job.env_id, job.seed): i for i, job in enumerate(jobs)}
+    rank = {(job.name, job.env_id, job.seed): i for i, job in enumerate(jobs)}
     return sorted(results, key=lambda r: rank[r.algo, r.env_id, r.seed])
 
 
