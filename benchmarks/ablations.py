@@ -40,7 +40,21 @@ CELLS: dict[str, Cell] = {
     "leave_one_out": Cell("grpo", "CartPole-v1", {"baseline": "leave_one_out"}, "RLOO baseline"),
     "dynamic_sampling": Cell("grpo", "CartPole-v1", {"dynamic_sampling": True}, "flat groups' rows dropped (DAPO)"),
     "proximal_policy": Cell("grpo", "CartPole-v1", {"proximal_policy": True}, "clip centred on the proximal policy"),
+    "group_8": Cell("grpo", "CartPole-v1", {"group_size": 8}, "groups of 8: twice as many updates"),
+    "lockstep_16": Cell("grpo", "CartPole-v1", {"n_envs": 16}, "16 envs, one per member: groups run in lockstep"),
     "lr_1e-3": Cell("grpo", "CartPole-v1", {"learning_rate": 1e-3}, "learning rate 1e-3 (PPO zoo's)"),
+    "acrobot_defaults": Cell("grpo", "Acrobot-v1", {}, "Acrobot: the preset as it stands", 100_000),
+    "acrobot_dynamic_sampling": Cell(
+        "grpo", "Acrobot-v1", {"dynamic_sampling": True}, "Acrobot: flat groups' rows dropped (DAPO)", 100_000
+    ),
+    "acrobot_proximal_policy": Cell(
+        "grpo", "Acrobot-v1", {"proximal_policy": True}, "Acrobot: clip centred on the proximal policy", 100_000
+    ),
+    "acrobot_leave_one_out": Cell("grpo", "Acrobot-v1", {"baseline": "leave_one_out"}, "Acrobot: RLOO", 100_000),
+    "pendulum_defaults": Cell("grpo", "Pendulum-v1", {}, "Pendulum: the preset as it stands", 100_000),
+    "pendulum_proximal_policy": Cell(
+        "grpo", "Pendulum-v1", {"proximal_policy": True}, "Pendulum: clip centred on the proximal policy", 100_000
+    ),
     "branch_1_4": Cell(
         "grpo_state",
         "CartPole-v1",

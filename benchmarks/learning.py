@@ -299,9 +299,10 @@ def steps_to_threshold(points: Sequence[EvalPoint], threshold: float) -> int | N
 
 def run_one(job: Job) -> RunResult:
     setup = model_setup(HYPERPARAMS[job.algo][job.env_id])
-    env = make_env(job.env_id, setup.n_envs, job.seed, setup.normalize, reward_wrapper=setup.reward_wrapper)
-    eval_env = make_env(job.env_id, EVAL_EPISODES, EVAL_SEED, setup.normalize, evaluation=True)
     kwargs = {**setup.kwargs, **dict(job.overrides)}
+    n_envs = kwargs.pop("n_envs", setup.n_envs)  # an override may change the VecEnv's size too
+    env = make_env(job.env_id, n_envs, job.seed, setup.normalize, reward_wrapper=setup.reward_wrapper)
+    eval_env = make_env(job.env_id, EVAL_EPISODES, EVAL_SEED, setup.normalize, evaluation=True)
     model = ALGORITHMS[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", **kwargs)
     evaluation = IntervalEvaluation(eval_env, eval_marks(job.budget, job.eval_every))
     deadline = WallClockLimit(job.max_seconds)
@@ -321,7 +322,7 @@ def run_one(job: Job) -> RunResult:
         env_id=job.env_id,
         seed=job.seed,
         budget=job.budget,
-        n_envs=setup.n_envs,
+        n_envs=n_envs,
         num_timesteps=model.num_timesteps,
         train_seconds=train_seconds,
         steps_to_threshold=steps_to_threshold(evaluation.points, THRESHOLDS[job.env_id]),
