@@ -367,7 +367,7 @@ def test_defaults_solve_cartpole():
 
 # ------------------------------------------------------------------------------------ branching (state mode) --
 
-STATE_TINY = {**TINY, "group_mode": "state", "lookahead": 2}
+STATE_TINY = {**TINY, "group_mode": "state", "lookahead": 2, "branch_interval": 1}  # every state: easy to count
 
 
 class _Walk(gym.Env):
@@ -539,7 +539,7 @@ def test_branch_steps_are_counted_apart_from_real_steps():
         def _on_rollout_end(self) -> None:
             recorded.update(self.model.logger.name_to_value)
 
-    model = GRPO("MlpPolicy", env, seed=0, branch_interval=4, **STATE_TINY).learn(48, callback=Snapshot())
+    model = GRPO("MlpPolicy", env, seed=0, **{**STATE_TINY, "branch_interval": 4}).learn(48, callback=Snapshot())
     assert model.num_timesteps == 48
     branch_points = 48 // 4
     assert model.num_branch_steps == branch_points * 3 * (1 + 2)  # every action of Discrete(3), 1 + lookahead
@@ -629,7 +629,7 @@ def test_unsupported_state_mode_setups_fail_at_construction():
 
 
 def test_save_load_keeps_group_mode_and_its_parameters(tmp_path):
-    model = GRPO("MlpPolicy", "CartPole-v1", branch_interval=3, seed=0, **STATE_TINY).learn(64)
+    model = GRPO("MlpPolicy", "CartPole-v1", seed=0, **{**STATE_TINY, "branch_interval": 3}).learn(64)
     model.save(tmp_path / "branching")
     loaded = GRPO.load(tmp_path / "branching")
     assert (loaded.group_mode, loaded.branch_interval, loaded.lookahead, loaded.advantage) == ("state", 3, 2, "outcome")
