@@ -41,6 +41,11 @@ CELLS: dict[str, Cell] = {
     "dynamic_sampling": Cell("grpo", "CartPole-v1", {"dynamic_sampling": True}, "flat groups' rows dropped (DAPO)"),
     "proximal_policy": Cell("grpo", "CartPole-v1", {"proximal_policy": True}, "clip centred on the proximal policy"),
     "group_8": Cell("grpo", "CartPole-v1", {"group_size": 8}, "groups of 8: twice as many updates"),
+    "group_4": Cell("grpo", "CartPole-v1", {"group_size": 4}, "groups of 4: four times as many updates"),
+    "acrobot_group_8": Cell("grpo", "Acrobot-v1", {"group_size": 8}, "Acrobot: groups of 8", 100_000),
+    "pendulum_n_steps_256": Cell(
+        "grpo", "Pendulum-v1", {"n_steps": 256}, "Pendulum: an update per 1,024 steps, not 4,096", 100_000
+    ),
     "lockstep_16": Cell("grpo", "CartPole-v1", {"n_envs": 16}, "16 envs, one per member: groups run in lockstep"),
     "lr_1e-3": Cell("grpo", "CartPole-v1", {"learning_rate": 1e-3}, "learning rate 1e-3 (PPO zoo's)"),
     "acrobot_defaults": Cell("grpo", "Acrobot-v1", {}, "Acrobot: the preset as it stands", 100_000),
