@@ -60,6 +60,20 @@ CELLS: dict[str, Cell] = {
     "pendulum_proximal_policy": Cell(
         "grpo", "Pendulum-v1", {"proximal_policy": True}, "Pendulum: clip centred on the proximal policy", 100_000
     ),
+    "acrobot_branch_4_16": Cell(
+        "grpo_state",
+        "Acrobot-v1",
+        {"branch_interval": 4, "lookahead": 16},
+        "Acrobot branching: every 4th state, lookahead 16",
+        20_000,
+    ),
+    "acrobot_branch_8_8": Cell(
+        "grpo_state",
+        "Acrobot-v1",
+        {"branch_interval": 8, "lookahead": 8},
+        "Acrobot branching: every 8th state, lookahead 8",
+        20_000,
+    ),
     "branch_1_4": Cell(
         "grpo_state",
         "CartPole-v1",
