@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.learning import EVAL_EVERY, Job, run_jobs, use_one_thread, write_points_csv
+from benchmarks.hyperparams import EVAL_EVERY
+from benchmarks.learning import Job, run_jobs, use_one_thread, write_points_csv
 
 
 @dataclass(frozen=True)

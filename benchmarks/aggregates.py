@@ -28,6 +28,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from benchmarks.hyperparams import THRESHOLDS
+
 BOOTSTRAP_REPS = 10_000
 CONFIDENCE = 0.95
 
@@ -242,8 +244,6 @@ def plot_sample_efficiency(runs: Sequence[Run], path: Path, with_branch_steps: b
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from benchmarks.learning import THRESHOLDS
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("csv", nargs="+", type=Path, help="learning.csv / ablations.csv files")
     parser.add_argument("--reference", help="the run name others are compared with (e.g. ppo)")

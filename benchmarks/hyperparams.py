@@ -180,3 +180,71 @@ HYPERPARAMS: dict[str, dict[str, dict[str, Any]]] = {
     "grpo_state": GRPO_STATE,
     "ppo_shaped": PPO_SHAPED,
 }
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Environments: thresholds, budgets, eval intervals and seeds of benchmarks/learning.py
+# --------------------------------------------------------------------------------------------------------------
+
+# What a plain run covers; the others (MountainCar, box2d's continuous lander, MuJoCo) are asked for by --envs.
+DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "LunarLander-v3")
+# Mean eval return that counts as solved.
+THRESHOLDS: dict[str, float] = {
+    "CartPole-v1": 475.0,
+    "Acrobot-v1": -100.0,
+    "Pendulum-v1": -200.0,
+    "LunarLander-v3": 200.0,
+    "MountainCar-v0": -110.0,
+    "MountainCarContinuous-v0": 90.0,
+    "LunarLanderContinuous-v3": 200.0,
+    # MuJoCo has no "solved" line; these are about what PPO with the zoo's settings reaches in 1M steps.
+    "Hopper-v5": 2500.0,
+    "HalfCheetah-v5": 3000.0,
+}
+# Default env-step budgets, sized for a 2-core CPU.
+BUDGETS: dict[str, int] = {
+    "CartPole-v1": 50_000,
+    "Acrobot-v1": 100_000,
+    "Pendulum-v1": 100_000,
+    "LunarLander-v3": 300_000,
+    "MountainCar-v0": 100_000,
+    "MountainCarContinuous-v0": 50_000,
+    "LunarLanderContinuous-v3": 300_000,
+    "Hopper-v5": 1_000_000,
+    "HalfCheetah-v5": 1_000_000,
+}
+# rl-baselines3-zoo's own `n_timesteps` (ppo.yml), quoted in the docs next to ours.
+ZOO_BUDGETS: dict[str, int] = {
+    "CartPole-v1": 100_000,
+    "Acrobot-v1": 1_000_000,
+    "Pendulum-v1": 100_000,
+    "LunarLander-v3": 1_000_000,
+    "MountainCar-v0": 1_000_000,
+    "MountainCarContinuous-v0": 20_000,
+    "LunarLanderContinuous-v3": 1_000_000,
+    "Hopper-v5": 1_000_000,
+    "HalfCheetah-v5": 1_000_000,
+}
+EVAL_EVERY: dict[str, int] = {
+    "CartPole-v1": 2_500,
+    "Acrobot-v1": 5_000,
+    "Pendulum-v1": 5_000,
+    "LunarLander-v3": 10_000,
+    "MountainCar-v0": 5_000,
+    "MountainCarContinuous-v0": 2_500,
+    "LunarLanderContinuous-v3": 10_000,
+    "Hopper-v5": 50_000,
+    "HalfCheetah-v5": 50_000,
+}
+SEEDS: dict[str, tuple[int, ...]] = {
+    # 5 seeds (issue 12: IQM and bootstrap intervals need them); LunarLander and MuJoCo: what 2 cores allow
+    "CartPole-v1": (0, 1, 2, 3, 4),
+    "Acrobot-v1": (0, 1, 2, 3, 4),
+    "Pendulum-v1": (0, 1, 2, 3, 4),
+    "LunarLander-v3": (0,),
+    "MountainCar-v0": (0, 1, 2),
+    "MountainCarContinuous-v0": (0, 1, 2),
+    "LunarLanderContinuous-v3": (0,),
+    "Hopper-v5": (0,),
+    "HalfCheetah-v5": (0,),
+}
