@@ -165,7 +165,8 @@ def timestep_advantages(
     returns_mean, returns_std = _group_std(returns, episode_groups, n_groups)
     residual_rms = np.sqrt(np.bincount(groups, weights=residual**2, minlength=n_groups) / _counts(groups, n_groups))
     flat = residual_rms <= 1e-8 * np.maximum(1.0, np.abs(returns_mean))
-    spread = np.where(_flat(returns_std, returns_mean), residual_rms, returns_std)
+    # Discounting shrinks late differences in the returns from the start (gamma^t): the residuals' own spread floors it.
+    spread = np.maximum(returns_std, residual_rms)
     divisor = _divisor(returns, spread, groups, scale_rewards)
     advantages = np.where(flat[groups] | (divisor <= 1e-8), 0.0, residual / (divisor + 1e-8))
     return advantages, GroupStats(n_groups, int(flat.sum()))
