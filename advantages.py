@@ -146,8 +146,8 @@ def timestep_advantages(
     episode returns in the batch (``"batch"``). Not the std of returns-to-go pooled over step indices, which
     mostly measures how they fall with time: it grows with the episodes' length, so a one-reward difference at
     step 0 would weigh -1.0, -0.1, -0.02 in episodes of 2, 20, 200 steps instead of -0.71 in all three (issue 12).
-    A group whose returns are equal but whose rewards came at different times falls back on the std of its
-    residuals."""
+    The root mean square of the group's residuals is a floor: discounting shrinks late differences in the returns
+    from the start (and equal returns may hide rewards that came at different times)."""
     starts = _episode_starts(episodes)
     step = _steps_in_episode(starts)
     to_go = discounted_cumsum(rewards, starts, gamma)
