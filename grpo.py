@@ -271,6 +271,35 @@ def _checked_reward(fn: RewardFunction, reward: Any, batch: int, device: th.devi
     return reward.reshape(batch).to(th.float64)
 
 
+def batch_rewards(model: "GRPO", buffer: GroupRolloutBuffer) -> np.ndarray:
+    """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
+    functions = reward_functions(model.reward_function)
+    if not functions:
+        return buffer.env_rewards.astype(np.float64)
+    assert buffer.env_observations is not None and buffer.next_observations is not None
+    env_actions = model._env_actions(buffer.actions)
+    if isinstance(model.action_space, spaces.Discrete):
+        env_actions = env_actions.reshape(-1)
+    action = th.as_tensor(env_actions, device=model.device)
+    if isinstance(model.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+        action = action.long()
+    state = obs_as_tensor(buffer.env_observations, model.device)
+    next_state = obs_as_tensor(buffer.next_observations, model.device)
+    return score_transitions(functions, model.reward_weights, state, action, next_state).cpu().numpy()
+
+
+def warn_if_process_is_flat(model: "GRPO", outcome: Any) -> None:
+    """Process advantages were all zero: say so once, when the returns (``outcome``'s groups) did differ."""
+    if outcome.zero_std_groups < outcome.n_groups and not getattr(model, "_warned_flat_process", False):
+        model._warned_flat_process = True
+        warnings.warn(
+            "advantage='process' gives every step an advantage of exactly 0: each group's step rewards are all "
+            "equal (a survival reward, the same on every step), although its members' returns differ. Use "
+            "advantage='timestep' or 'outcome', which compare returns.",
+            stacklevel=3,
+        )
+
+
 def _check_arguments(self: "GRPO") -> None:
     """Fail at construction (and at load, on the overrides given there) with what to change."""
     if self.group_size < 2:
@@ -341,13 +370,10 @@ class GRPO(OnPolicyAlgorithm):
         mode: number of actions sampled at each branch point for Box, MultiDiscrete and MultiBinary spaces (a
         Discrete space tries every action)
     :param group_mode: ``"episode"``: a group is ``group_size`` episodes reset with one seed; ``"state"``: a
-        group is a set of actions tried from one state of the real trajectory, each in a fork of the env. A
-        Discrete space tries every action once, each row weighted alike: the update is an ascent direction of the
-        return (every action's advantage pushes its log-probability), not the policy gradient, which would weight
-        each action by pi(a|s); with two actions only the order of the two returns counts (z-scores of +-0.71)
+        group is a set of actions tried from one state, each in a fork of the env. A Discrete space tries every
+        action, rows weighted alike: an ascent direction, not the policy gradient (which weights them by pi(a|s))
     :param branch_interval: State mode: branch at every this many-th state of each slot's episode (from its
-        first state). 4 rather than every state: CartPole, 5 seeds, reached 475 in 2,333 real steps (IQM) and
-        5,877 real + branch steps, against 3,000 and 32,341 for every state with lookahead 4 (docs/benchmarks.md)
+        first state); 4 costs CartPole a fifth of the env steps of every state (docs/benchmarks.md)
     :param lookahead: State mode: steps each branch follows the current policy after its tried action (fewer if
         it ends); at least 1 in physical control, where an action moves positions only a step later (README).
         Returns are cut there without a bootstrap: a penalty further ahead is not seen
@@ -361,9 +387,8 @@ class GRPO(OnPolicyAlgorithm):
         members, ``"leave_one_out"`` (RLOO)
     :param dynamic_sampling: Leave the rows of groups whose advantages are all zero out of the mini-batches
         (DAPO), so that they do not dilute the mini-batch means
-    :param proximal_policy: Centre the clip on the policy as it is when the update starts, rather than on the
-        policy that collected each row (decoupled PPO, https://arxiv.org/abs/2110.00641): episode groups can hold
-        rows from before the last update. ``approx_kl`` is measured against that policy either way
+    :param proximal_policy: Centre the clip on the policy as the update starts, not on each row's behaviour
+        policy (decoupled PPO, https://arxiv.org/abs/2110.00641); ``approx_kl`` is measured against it either way
     :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
     :param clip_range_high: Upper clipping parameter (DAPO clip-higher); ``None``: same as ``clip_range``
     :param beta: Coefficient of the k3 KL penalty against the reference policy; 0 skips the reference entirely
@@ -606,29 +631,13 @@ class GRPO(OnPolicyAlgorithm):
             return np.clip(actions, self.action_space.low, self.action_space.high)
         return actions
 
-    def _compute_rewards(self, buffer: GroupRolloutBuffer) -> np.ndarray:
-        """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
-        functions = reward_functions(self.reward_function)
-        if not functions:
-            return buffer.env_rewards.astype(np.float64)
-        assert buffer.env_observations is not None and buffer.next_observations is not None
-        env_actions = self._env_actions(buffer.actions)
-        if isinstance(self.action_space, spaces.Discrete):
-            env_actions = env_actions.reshape(-1)
-        action = th.as_tensor(env_actions, device=self.device)
-        if isinstance(self.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
-            action = action.long()
-        state = obs_as_tensor(buffer.env_observations, self.device)
-        next_state = obs_as_tensor(buffer.next_observations, self.device)
-        return score_transitions(functions, self.reward_weights, state, action, next_state).cpu().numpy()
-
     def _compute_advantages(self, buffer: GroupRolloutBuffer) -> None:
-        buffer.rewards = self._compute_rewards(buffer)
+        buffer.rewards = batch_rewards(self, buffer)
         batch = (buffer.rewards, buffer.episodes, buffer.episode_groups, self.gamma, self.scale_rewards)
         advantages, stats = ADVANTAGE_FUNCTIONS[self.advantage](*batch, self.baseline)
         buffer.advantages = advantages.astype(np.float32)
         if self.advantage == "process" and stats.zero_std_groups == stats.n_groups:
-            self._warn_flat_process(outcome_advantages(*batch)[1])
+            warn_if_process_is_flat(self, outcome_advantages(*batch)[1])
         if self.dynamic_sampling:
             dropped = zero_spread_rows(advantages, buffer.episode_groups[buffer.episodes]) & buffer.trainable
             buffer.trainable &= ~dropped
@@ -640,16 +649,6 @@ class GRPO(OnPolicyAlgorithm):
         self.logger.record("rollout/frac_zero_std_groups", stats.zero_std_groups / max(stats.n_groups, 1))
         self.logger.record("rollout/group_steps", buffer.size)
         self.logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
-
-    def _warn_flat_process(self, outcome: Any) -> None:
-        if outcome.zero_std_groups < outcome.n_groups and not getattr(self, "_warned_flat_process", False):
-            self._warned_flat_process = True
-            warnings.warn(
-                "advantage='process' gives every step an advantage of exactly 0: each group's step rewards are all "
-                "equal (a survival reward, the same on every step), although its members' returns differ. Use "
-                "advantage='timestep' or 'outcome', which compare returns.",
-                stacklevel=2,
-            )
 
     def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
         if isinstance(self.action_space, spaces.Discrete):
