@@ -20,9 +20,10 @@ from envs import Observation, obs_concat, obs_map
 class GroupRolloutBufferSamples(NamedTuple):
     observations: th.Tensor | TensorDict
     actions: th.Tensor
-    old_log_prob: th.Tensor
+    old_log_prob: th.Tensor  # under the behaviour policy, which sampled the action
     advantages: th.Tensor
     ref_log_prob: th.Tensor
+    proximal_log_prob: th.Tensor  # under the policy as the update started (the behaviour's, until GRPO sets it)
 
 
 class GroupRolloutBuffer(RolloutBuffer):
@@ -58,6 +59,7 @@ class GroupRolloutBuffer(RolloutBuffer):
     ):
         self.group_size = group_size
         self.store_next_obs = store_next_obs
+        self.policy_version = 0  # updates so far: each row keeps the version that collected it
         # buffer_size is meaningless here: a batch is as long as its groups' episodes.
         super().__init__(1, observation_space, action_space, device=device, n_envs=n_envs)
         self.clear_in_flight()
@@ -74,6 +76,8 @@ class GroupRolloutBuffer(RolloutBuffer):
         self.rewards = np.zeros(0, dtype=np.float32)
         self.advantages = np.zeros(0, dtype=np.float32)
         self.ref_log_probs: np.ndarray | None = None
+        self.proximal_log_probs: np.ndarray | None = None
+        self.policy_versions = np.zeros(0, dtype=np.int64)
         self.episodes = np.zeros(0, dtype=np.int64)
         self.episode_groups = np.zeros(0, dtype=np.int64)
         self.trainable = np.zeros(0, dtype=bool)
@@ -95,7 +99,18 @@ class GroupRolloutBuffer(RolloutBuffer):
 
     @staticmethod
     def _chunk_keys() -> tuple[str, ...]:
-        return ("obs", "env_obs", "next_obs", "actions", "env_rewards", "log_probs", "episodes", "steps", "trainable")
+        return (
+            "obs",
+            "env_obs",
+            "next_obs",
+            "actions",
+            "env_rewards",
+            "log_probs",
+            "episodes",
+            "steps",
+            "trainable",
+            "versions",
+        )
 
     def _open_episode(self, group: int, members: int) -> int:
         episode = self._next_episode_id
@@ -159,6 +174,7 @@ class GroupRolloutBuffer(RolloutBuffer):
             "episodes": episodes,
             "steps": steps,
             "trainable": np.full(n, trainable),
+            "versions": np.full(n, self.policy_version),
         }
         for key, value in chunk.items():
             self._chunks[key].append(value)
@@ -216,6 +232,7 @@ class GroupRolloutBuffer(RolloutBuffer):
         self.env_rewards = take["env_rewards"]
         self.log_probs = take["log_probs"]
         self.trainable = take["trainable"]
+        self.policy_versions = take["versions"]
         self.size = len(order)
         self.full = True
 
@@ -249,10 +266,12 @@ class GroupRolloutBuffer(RolloutBuffer):
 
     def _get_samples(self, batch_inds: np.ndarray, env: Any = None) -> GroupRolloutBufferSamples:  # type: ignore[override]
         ref = self.ref_log_probs if self.ref_log_probs is not None else self.log_probs
+        proximal = self.proximal_log_probs if self.proximal_log_probs is not None else self.log_probs
         return GroupRolloutBufferSamples(
             observations=self.observation_tensor(batch_inds),
             actions=self.to_torch(self.actions[batch_inds]),
             old_log_prob=self.to_torch(self.log_probs[batch_inds]),
             advantages=self.to_torch(self.advantages[batch_inds]),
             ref_log_prob=self.to_torch(ref[batch_inds]),
+            proximal_log_prob=self.to_torch(proximal[batch_inds]),
         )

@@ -11,13 +11,22 @@ environment. The environment side (group-reset wrapper, forks) lives in ``envs.p
 import copy
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.distributions import (
+    BernoulliDistribution,
+    CategoricalDistribution,
+    DiagGaussianDistribution,
+    Distribution,
+    MultiCategoricalDistribution,
+    SquashedDiagGaussianDistribution,
+    StateDependentNoiseDistribution,
+)
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -29,13 +38,26 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
+from torch.distributions import kl_divergence
 
+from advantages import (
+    ADVANTAGE_FUNCTIONS,
+    ADVANTAGE_MODES,
+    BASELINES,
+    SCALE_REWARDS,
+    discounted_cumsum,
+    outcome_advantages,
+    process_advantages,
+    timestep_advantages,
+    zero_spread_rows,
+)
 from buffers import GroupRolloutBuffer
 from envs import EpisodeGroupMode, GroupMode, GroupResetWrapper, Observation, StateGroupMode, env_observations
 from rewards import get_reward_function
 
 __all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imported from here as well
     "ADVANTAGE_MODES",
+    "BASELINES",
     "GROUP_MODES",
     "GRPO",
     "SCALE_REWARDS",
@@ -43,6 +65,7 @@ __all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imp
     "GroupRolloutBuffer",
     "clipped_surrogate_loss",
     "discounted_cumsum",
+    "exact_kl",
     "k3_kl",
     "outcome_advantages",
     "process_advantages",
@@ -53,9 +76,7 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 
 RewardFunction = Callable[[Any, th.Tensor, Any], th.Tensor]
 
-ADVANTAGE_MODES = ("outcome", "process", "timestep")
 GROUP_MODES = ("episode", "state")
-SCALE_REWARDS = ("group", "batch", "none")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -145,139 +166,8 @@ class GRPOMultiInputPolicy(_NoCritic, MultiInputActorCriticPolicy):
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Advantages (pure functions, one per supervision mode)
+# Losses (the advantages are computed in advantages.py)
 # --------------------------------------------------------------------------------------------------------------
-
-
-class GroupStats(NamedTuple):
-    n_groups: int
-    zero_std_groups: int
-
-
-def _group_scale(
-    values: np.ndarray, groups: np.ndarray, scale_rewards: str
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-element group mean and divisor, and which groups hold equal values.
-
-    ``groups`` are dense ids 0..K-1. The std is the unbiased one, as TRL's GRPOTrainer computes it.
-    """
-    n_groups = int(groups.max()) + 1
-    counts = np.bincount(groups, minlength=n_groups).astype(np.float64)
-    mean = np.bincount(groups, weights=values, minlength=n_groups) / counts
-    sq_dev = np.bincount(groups, weights=(values - mean[groups]) ** 2, minlength=n_groups)
-    group_std = np.sqrt(sq_dev / np.maximum(counts - 1, 1))
-    zero_std = group_std <= 1e-8 * np.maximum(1.0, np.abs(mean))
-    if scale_rewards == "group":  # DeepSeekMath: z-score within the group
-        divisor = group_std[groups]
-    elif scale_rewards == "batch":  # TRL scale_rewards="batch": one std over the whole rollout
-        divisor = np.full_like(values, values.std(ddof=1) if len(values) > 1 else 0.0)
-    else:  # Dr. GRPO (Liu et al. 2025): no std division, which biases towards low-variance groups
-        divisor = np.ones_like(values)
-    return mean[groups], divisor, zero_std
-
-
-def _normalize(values: np.ndarray, groups: np.ndarray, scale_rewards: str) -> tuple[np.ndarray, GroupStats]:
-    mean, divisor, zero_std = _group_scale(values, groups, scale_rewards)
-    normalized = (values - mean) / (divisor + 1e-8)
-    # A group whose members all scored the same carries no signal: exactly zero, not rounding noise.
-    normalized[zero_std[groups]] = 0.0
-    return normalized, GroupStats(len(zero_std), int(zero_std.sum()))
-
-
-def _episode_starts(episodes: np.ndarray) -> np.ndarray:
-    return np.r_[True, episodes[1:] != episodes[:-1]]
-
-
-def _steps_in_episode(starts: np.ndarray) -> np.ndarray:
-    index = np.arange(len(starts))
-    return index - np.maximum.accumulate(np.where(starts, index, 0))
-
-
-def _episode_returns(
-    rewards: np.ndarray, episodes: np.ndarray, n_episodes: int, gamma: float, step: np.ndarray
-) -> np.ndarray:
-    return np.bincount(episodes, weights=rewards * gamma**step, minlength=n_episodes)
-
-
-def _outcome_stats(
-    rewards: np.ndarray, episodes: np.ndarray, episode_groups: np.ndarray, gamma: float, step: np.ndarray
-) -> GroupStats:
-    """Group counts as the outcome mode sees them: a group is flat when all its episode returns are equal."""
-    returns = _episode_returns(rewards, episodes, len(episode_groups), gamma, step)
-    return _normalize(returns, episode_groups, "group")[1]
-
-
-def discounted_cumsum(values: np.ndarray, episode_starts: np.ndarray, gamma: float) -> np.ndarray:
-    """Return-to-go ``sum_k gamma^k values[t+k]`` within each episode of a flat, time-ordered array."""
-    out = np.empty_like(values, dtype=np.float64)
-    running = 0.0
-    for t in range(len(values) - 1, -1, -1):
-        running = values[t] + gamma * running
-        out[t] = running
-        if episode_starts[t]:
-            running = 0.0
-    return out
-
-
-def outcome_advantages(
-    rewards: np.ndarray,
-    episodes: np.ndarray,
-    episode_groups: np.ndarray,
-    gamma: float,
-    scale_rewards: str = "group",
-) -> tuple[np.ndarray, GroupStats]:
-    """Outcome supervision (DeepSeekMath 4.1.2): an episode's discounted return, z-scored within its group,
-    is the advantage of every one of its steps.
-
-    :param rewards: per-step rewards, flat and time-ordered within each episode
-    :param episodes: dense episode id (0..E-1) of each step, episodes contiguous
-    :param episode_groups: dense group id (0..K-1) of each episode
-    """
-    step = _steps_in_episode(_episode_starts(episodes))
-    returns = _episode_returns(rewards, episodes, len(episode_groups), gamma, step)
-    episode_advantages, stats = _normalize(returns, episode_groups, scale_rewards)
-    return episode_advantages[episodes], stats
-
-
-def process_advantages(
-    rewards: np.ndarray,
-    episodes: np.ndarray,
-    episode_groups: np.ndarray,
-    gamma: float,
-    scale_rewards: str = "group",
-) -> tuple[np.ndarray, GroupStats]:
-    """Process supervision (DeepSeekMath 4.1.3): every step reward is normalised against all step rewards of
-    its group, and a step's advantage is the (``gamma``-discounted) sum of the normalised rewards from it on."""
-    normalized, stats = _normalize(rewards, episode_groups[episodes], scale_rewards)
-    return discounted_cumsum(normalized, _episode_starts(episodes), gamma), stats
-
-
-def timestep_advantages(
-    rewards: np.ndarray,
-    episodes: np.ndarray,
-    episode_groups: np.ndarray,
-    gamma: float,
-    scale_rewards: str = "group",
-) -> tuple[np.ndarray, GroupStats]:
-    """Per-timestep group baseline: a step's discounted return-to-go minus the mean return-to-go of its group's
-    members at the same step index (0 for members whose episode already ended), scaled by the std of the
-    group's returns-to-go. Members share their start, so step t of each is a fair comparison; a group-wide
-    scale keeps tiny differences between near-identical early steps from being blown up."""
-    starts = _episode_starts(episodes)
-    step = _steps_in_episode(starts)
-    to_go = discounted_cumsum(rewards, starts, gamma)
-    groups = episode_groups[episodes]
-    n_groups = int(episode_groups.max()) + 1
-    members = np.bincount(episode_groups, minlength=n_groups)[groups]
-    horizon = int(step.max()) + 1
-    slot = groups * horizon + step  # (group, step index)
-    baseline = np.bincount(slot, weights=to_go, minlength=n_groups * horizon)[slot] / members
-    _, divisor, _ = _group_scale(to_go, groups, scale_rewards)
-    advantages = np.where(divisor > 1e-8, (to_go - baseline) / (divisor + 1e-8), 0.0)
-    return advantages, _outcome_stats(rewards, episodes, episode_groups, gamma, step)
-
-
-ADVANTAGE_FUNCTIONS = {"outcome": outcome_advantages, "process": process_advantages, "timestep": timestep_advantages}
 
 
 def k3_kl(log_prob: th.Tensor, ref_log_prob: th.Tensor) -> th.Tensor:
@@ -287,14 +177,41 @@ def k3_kl(log_prob: th.Tensor, ref_log_prob: th.Tensor) -> th.Tensor:
     return th.exp(log_ratio) - log_ratio - 1.0
 
 
-def clipped_surrogate_loss(ratio: th.Tensor, advantages: th.Tensor, clip_low: float, clip_high: float) -> th.Tensor:
+def exact_kl(distribution: Distribution, reference: Distribution) -> th.Tensor | None:
+    """KL(pi || pi_ref) of each row in closed form, where the action distribution has one (categorical,
+    Bernoulli, diagonal Gaussian); ``None`` otherwise (squashed or gSDE Gaussians: use :func:`k3_kl`).
+
+    Branching needs it: it enumerates every action of a state with equal weight, where k3 averaged over those rows
+    is no KL at all (22.6 instead of 0.637 at pi = [0.99, 0.01], pi_ref = [0.5, 0.5]); and elsewhere it is
+    exact where k3 only estimates."""
+    if type(distribution) is not type(reference) or isinstance(distribution, StateDependentNoiseDistribution):
+        return None
+    if isinstance(distribution, CategoricalDistribution):
+        return kl_divergence(distribution.distribution, reference.distribution)
+    if isinstance(distribution, MultiCategoricalDistribution):
+        pairs = zip(distribution.distribution, reference.distribution, strict=True)
+        return th.stack([kl_divergence(p, q) for p, q in pairs], dim=1).sum(dim=1)
+    if isinstance(distribution, (BernoulliDistribution, DiagGaussianDistribution)) and not isinstance(
+        distribution, SquashedDiagGaussianDistribution
+    ):
+        return kl_divergence(distribution.distribution, reference.distribution).sum(dim=1)
+    return None
+
+
+def clipped_surrogate_loss(
+    ratio: th.Tensor, advantages: th.Tensor, clip_low: float, clip_high: float, weights: th.Tensor | None = None
+) -> th.Tensor:
     """PPO's clipped objective (negated, averaged over steps) with DAPO's decoupled upper clip
-    (Yu et al. 2025, "clip-higher": ``1 + clip_high`` lets unlikely good actions grow faster)."""
+    (Yu et al. 2025, "clip-higher": ``1 + clip_high`` lets unlikely good actions grow faster). ``weights``: the
+    behaviour-to-proximal importance weights of decoupled PPO (Hilton et al. 2021, arXiv:2110.00641)."""
     unclipped = advantages * ratio
     clipped = advantages * th.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
+    surrogate = th.min(unclipped, clipped)
+    if weights is not None:
+        surrogate = weights * surrogate
     # Step-level mean over the mini-batch (DAPO's token-level loss), not a per-episode mean that would
     # weight the steps of short episodes more.
-    return -th.min(unclipped, clipped).mean()
+    return -surrogate.mean()
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -354,6 +271,35 @@ def _checked_reward(fn: RewardFunction, reward: Any, batch: int, device: th.devi
     return reward.reshape(batch).to(th.float64)
 
 
+def batch_rewards(model: "GRPO", buffer: GroupRolloutBuffer) -> np.ndarray:
+    """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
+    functions = reward_functions(model.reward_function)
+    if not functions:
+        return buffer.env_rewards.astype(np.float64)
+    assert buffer.env_observations is not None and buffer.next_observations is not None
+    env_actions = model._env_actions(buffer.actions)
+    if isinstance(model.action_space, spaces.Discrete):
+        env_actions = env_actions.reshape(-1)
+    action = th.as_tensor(env_actions, device=model.device)
+    if isinstance(model.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
+        action = action.long()
+    state = obs_as_tensor(buffer.env_observations, model.device)
+    next_state = obs_as_tensor(buffer.next_observations, model.device)
+    return score_transitions(functions, model.reward_weights, state, action, next_state).cpu().numpy()
+
+
+def warn_if_process_is_flat(model: "GRPO", outcome: Any) -> None:
+    """Process advantages were all zero: say so once, when the returns (``outcome``'s groups) did differ."""
+    if outcome.zero_std_groups < outcome.n_groups and not getattr(model, "_warned_flat_process", False):
+        model._warned_flat_process = True
+        warnings.warn(
+            "advantage='process' gives every step an advantage of exactly 0: each group's step rewards are all "
+            "equal (a survival reward, the same on every step), although its members' returns differ. Use "
+            "advantage='timestep' or 'outcome', which compare returns.",
+            stacklevel=3,
+        )
+
+
 def _check_arguments(self: "GRPO") -> None:
     """Fail at construction (and at load, on the overrides given there) with what to change."""
     if self.group_size < 2:
@@ -377,6 +323,8 @@ def _check_arguments(self: "GRPO") -> None:
             "group_mode='state' cannot use gSDE: its exploration noise is fixed for a state, so the actions "
             "tried there would all be the same"
         )
+    if self.baseline not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
     if self.scale_rewards not in SCALE_REWARDS:
         raise ValueError(f"scale_rewards must be one of {SCALE_REWARDS}, got {self.scale_rewards!r}")
     if self.n_steps < 1 or self.batch_size < 1 or self.n_epochs < 1:
@@ -422,17 +370,25 @@ class GRPO(OnPolicyAlgorithm):
         mode: number of actions sampled at each branch point for Box, MultiDiscrete and MultiBinary spaces (a
         Discrete space tries every action)
     :param group_mode: ``"episode"``: a group is ``group_size`` episodes reset with one seed; ``"state"``: a
-        group is a set of actions tried from one state of the real trajectory, each in a fork of the env
+        group is a set of actions tried from one state, each in a fork of the env. A Discrete space tries every
+        action, rows weighted alike: an ascent direction, not the policy gradient (which weights them by pi(a|s))
     :param branch_interval: State mode: branch at every this many-th state of each slot's episode (from its
-        first state)
+        first state); 4 costs CartPole a fifth of the env steps of every state (docs/benchmarks.md)
     :param lookahead: State mode: steps each branch follows the current policy after its tried action (fewer if
-        it ends); 4 suits physical control, where an action moves positions only a step later (README)
+        it ends); at least 1 in physical control, where an action moves positions only a step later (README).
+        Returns are cut there without a bootstrap: a penalty further ahead is not seen
     :param gamma: Discount factor of the returns that are compared within a group
     :param advantage: ``"timestep"`` (per-timestep group baseline), ``"outcome"`` or ``"process"`` (DeepSeekMath),
         see the advantage functions. ``None``: ``"timestep"`` in episode mode, ``"outcome"`` (the only one) in
         state mode
     :param scale_rewards: Divide by the std of the ``"group"`` (DeepSeekMath), of the whole ``"batch"``, or
-        ``"none"`` (Dr. GRPO)
+        ``"none"`` (Dr. GRPO); ``"timestep"`` divides by the spread of the members' returns, see advantages.py
+    :param baseline: What a member is compared with: the group's ``"mean"`` (GRPO) or the mean of the other
+        members, ``"leave_one_out"`` (RLOO)
+    :param dynamic_sampling: Leave the rows of groups whose advantages are all zero out of the mini-batches
+        (DAPO), so that they do not dilute the mini-batch means
+    :param proximal_policy: Centre the clip on the policy as the update starts, not on each row's behaviour
+        policy (decoupled PPO, https://arxiv.org/abs/2110.00641); ``approx_kl`` is measured against it either way
     :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
     :param clip_range_high: Upper clipping parameter (DAPO clip-higher); ``None``: same as ``clip_range``
     :param beta: Coefficient of the k3 KL penalty against the reference policy; 0 skips the reference entirely
@@ -474,11 +430,14 @@ class GRPO(OnPolicyAlgorithm):
         n_epochs: int = 10,
         group_size: int = 16,
         group_mode: str = "episode",
-        branch_interval: int = 1,
-        lookahead: int = 4,
+        branch_interval: int = 4,
+        lookahead: int = 2,
         gamma: float = 0.99,
         advantage: str | None = None,
         scale_rewards: str = "group",
+        baseline: str = "mean",
+        dynamic_sampling: bool = False,
+        proximal_policy: bool = False,
         clip_range: float | Schedule = 0.2,
         clip_range_high: float | Schedule | None = None,
         beta: float = 0.0,
@@ -527,6 +486,9 @@ class GRPO(OnPolicyAlgorithm):
         self.lookahead = lookahead
         self.advantage = advantage or ("outcome" if group_mode == "state" else "timestep")
         self.scale_rewards = scale_rewards
+        self.baseline = baseline
+        self.dynamic_sampling = dynamic_sampling
+        self.proximal_policy = proximal_policy
         self.clip_range = clip_range
         self.clip_range_high = clip_range_high
         self.beta = beta
@@ -669,28 +631,17 @@ class GRPO(OnPolicyAlgorithm):
             return np.clip(actions, self.action_space.low, self.action_space.high)
         return actions
 
-    def _compute_rewards(self, buffer: GroupRolloutBuffer) -> np.ndarray:
-        """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
-        functions = reward_functions(self.reward_function)
-        if not functions:
-            return buffer.env_rewards.astype(np.float64)
-        assert buffer.env_observations is not None and buffer.next_observations is not None
-        env_actions = self._env_actions(buffer.actions)
-        if isinstance(self.action_space, spaces.Discrete):
-            env_actions = env_actions.reshape(-1)
-        action = th.as_tensor(env_actions, device=self.device)
-        if isinstance(self.action_space, (spaces.Discrete, spaces.MultiDiscrete)):
-            action = action.long()
-        state = obs_as_tensor(buffer.env_observations, self.device)
-        next_state = obs_as_tensor(buffer.next_observations, self.device)
-        return score_transitions(functions, self.reward_weights, state, action, next_state).cpu().numpy()
-
     def _compute_advantages(self, buffer: GroupRolloutBuffer) -> None:
-        buffer.rewards = self._compute_rewards(buffer)
-        advantages, stats = ADVANTAGE_FUNCTIONS[self.advantage](
-            buffer.rewards, buffer.episodes, buffer.episode_groups, self.gamma, self.scale_rewards
-        )
+        buffer.rewards = batch_rewards(self, buffer)
+        batch = (buffer.rewards, buffer.episodes, buffer.episode_groups, self.gamma, self.scale_rewards)
+        advantages, stats = ADVANTAGE_FUNCTIONS[self.advantage](*batch, self.baseline)
         buffer.advantages = advantages.astype(np.float32)
+        if self.advantage == "process" and stats.zero_std_groups == stats.n_groups:
+            warn_if_process_is_flat(self, outcome_advantages(*batch)[1])
+        if self.dynamic_sampling:
+            dropped = zero_spread_rows(advantages, buffer.episode_groups[buffer.episodes]) & buffer.trainable
+            buffer.trainable &= ~dropped
+            self.logger.record("rollout/dropped_rows", int(dropped.sum()))
         if self.ref_policy is not None:
             buffer.ref_log_probs = buffer.log_probs_under(self.ref_policy, self._policy_actions)
         self.logger.record("rollout/groups", stats.n_groups)
@@ -707,9 +658,17 @@ class GRPO(OnPolicyAlgorithm):
     def train(self) -> None:
         """Update the policy on the released groups with the clipped surrogate loss (+ k3 KL penalty)."""
         buffer = self.rollout_buffer
-        if buffer.size == 0:
-            # The budget ran out before any group finished: nothing to learn from.
+        if not buffer.trainable.any():
+            # The budget ran out before any group finished, or every group was flat: nothing to learn from.
             return
+        # The policy as the update starts (decoupled PPO's proximal policy): rows an episode group collected
+        # before the last update were sampled from an older one.
+        buffer.proximal_log_probs = buffer.log_probs_under(self.policy, self._policy_actions)
+        rows = buffer.trainable
+        behaviour_ratio = np.exp(buffer.proximal_log_probs[rows] - buffer.log_probs[rows])
+        self.logger.record(
+            "rollout/stale_fraction", float(np.mean(buffer.policy_versions[rows] < buffer.policy_version))
+        )
         self.policy.set_training_mode(True)
         self._update_learning_rate(self.policy.optimizer)
         progress = self._current_progress_remaining
@@ -726,20 +685,29 @@ class GRPO(OnPolicyAlgorithm):
                 log_prob = distribution.log_prob(actions)
                 entropy = distribution.entropy()
 
-                log_ratio = log_prob - batch.old_log_prob
+                log_ratio = log_prob - batch.proximal_log_prob
                 ratio = th.exp(log_ratio)
-                policy_loss = clipped_surrogate_loss(ratio, batch.advantages, clip_low, clip_high)
+                weights = None
+                if not self.proximal_policy:  # the clip centred on the behaviour policy, as PPO
+                    ratio = th.exp(log_prob - batch.old_log_prob)
+                else:  # truncated at 1, as V-trace's rho-bar, so that a stale row never weighs more than a fresh one
+                    weights = th.exp(batch.proximal_log_prob - batch.old_log_prob).clamp(max=1.0)
+                policy_loss = clipped_surrogate_loss(ratio, batch.advantages, clip_low, clip_high, weights)
                 # Entropy bonus; without an analytical form, -log pi estimates it (as in SB3's PPO).
                 entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
                 loss = policy_loss + self.ent_coef * entropy_loss
                 if self.ref_policy is not None:
-                    kl_ref = k3_kl(log_prob, batch.ref_log_prob).mean()
+                    with th.no_grad():
+                        reference = self.ref_policy.get_distribution(batch.observations)
+                    kl_rows = exact_kl(distribution, reference)
+                    kl_ref = (k3_kl(log_prob, batch.ref_log_prob) if kl_rows is None else kl_rows).mean()
                     loss = loss + self.beta * kl_ref
                     kl_refs.append(kl_ref.item())
 
                 with th.no_grad():
-                    # Schulman's k3 again, between the rollout policy and the current one (SB3 PPO's approx_kl)
-                    approx_kl = th.mean((ratio - 1) - log_ratio).item()
+                    # Schulman's k3 again, against the policy as this update started (SB3 PPO's approx_kl): stale
+                    # rows measured against their older behaviour policy would stop target_kl early.
+                    approx_kl = th.mean(th.expm1(log_ratio) - log_ratio).item()
                 pg_losses.append(policy_loss.item())
                 entropy_losses.append(entropy_loss.item())
                 clip_fractions.append(th.mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float()).item())
@@ -759,6 +727,9 @@ class GRPO(OnPolicyAlgorithm):
                 break
 
         self._refresh_reference()
+        buffer.policy_version += 1
+        outside = (behaviour_ratio < 1 - clip_low) | (behaviour_ratio > 1 + clip_high)
+        self.logger.record("train/stale_clip_fraction", float(np.mean(outside)))
         self.logger.record("train/policy_gradient_loss", np.mean(pg_losses))
         self.logger.record("train/entropy_loss", np.mean(entropy_losses))
         self.logger.record("train/approx_kl", np.mean(approx_kl_divs))

@@ -17,7 +17,10 @@ passed to GRPO directly; it then fits every observation shape and its docstring 
 
 import re
 from collections.abc import Callable
+from typing import Any
 
+import gymnasium as gym
+import numpy as np
 import torch as th
 
 RewardFunction = Callable[[th.Tensor, th.Tensor, th.Tensor], th.Tensor]
@@ -133,3 +136,29 @@ def get_reward_function(name: str) -> RewardFunction | None:
             f"{', '.join(repr(key) for key in REWARD_FUNCTIONS)} (rewards.REWARD_FUNCTIONS)"
         )
     return REWARD_FUNCTIONS[name]
+
+
+class RewardFunctionWrapper(gym.Wrapper):
+    """An environment whose reward is ``fn``'s, called on each transition as a batch of one: how another algorithm
+    (PPO) learns from the same shaped reward GRPO is given, for a comparison on one signal. Episodes still end
+    where the environment's do, and a ``Monitor`` inside it still records the environment's own returns."""
+
+    def __init__(self, env: gym.Env, fn: RewardFunction | str):
+        super().__init__(env)
+        function = get_reward_function(fn) if isinstance(fn, str) else fn
+        if function is None:
+            raise ValueError("RewardFunctionWrapper needs a reward function, not the environment's own reward")
+        self.fn = function
+        self._obs: Any = None
+
+    def reset(self, **kwargs: Any) -> tuple[Any, dict]:
+        self._obs, info = self.env.reset(**kwargs)
+        return self._obs, info
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        next_obs, _, terminated, truncated, info = self.env.step(action)
+        state, next_state = (th.as_tensor(np.asarray(obs, dtype=np.float32))[None] for obs in (self._obs, next_obs))
+        with th.no_grad():
+            reward = self.fn(state, th.as_tensor(np.asarray([action])), next_state)
+        self._obs = next_obs
+        return next_obs, float(reward.reshape(-1)[0]), terminated, truncated, info

@@ -48,80 +48,35 @@ import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback, CallbackList
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.evaluation import evaluate_policy
-from stable_baselines3.common.vec_env import VecEnv, sync_envs_normalization
+from stable_baselines3.common.vec_env import VecEnv, VecNormalize, sync_envs_normalization
 
 import presets
-from benchmarks.hyperparams import HYPERPARAMS
+from benchmarks import aggregates
+from benchmarks.hyperparams import (  # the benchmark's settings, re-exported
+    BUDGETS,
+    DEFAULT_ENVS,
+    EVAL_EVERY,
+    HYPERPARAMS,
+    SEEDS,
+    THRESHOLDS,
+    ZOO_BUDGETS,
+)
 from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown
 from grpo import GRPO
+from rewards import RewardFunctionWrapper
 
-ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO}
-ALGO_LABELS = {"grpo": "GRPO", "ppo": "PPO (zoo)", "grpo_state": "GRPO, branching (state mode)"}
-ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2"}
+ALGORITHMS: dict[str, type[BaseAlgorithm]] = {"grpo": GRPO, "ppo": PPO, "grpo_state": GRPO, "ppo_shaped": PPO}
+ALGO_LABELS = {
+    "grpo": "GRPO",
+    "ppo": "PPO (zoo)",
+    "grpo_state": "GRPO, branching (state mode)",
+    "ppo_shaped": "PPO (zoo), branching's shaped reward",
+}
+ALGO_COLORS = {"grpo": "C0", "ppo": "C1", "grpo_state": "C2", "ppo_shaped": "C3"}
 
 
-# What a plain run covers; the others (MountainCar, box2d's continuous lander, MuJoCo) are asked for by --envs.
-DEFAULT_ENVS = ("CartPole-v1", "Acrobot-v1", "Pendulum-v1", "LunarLander-v3")
-# Mean eval return that counts as solved.
-THRESHOLDS: dict[str, float] = {
-    "CartPole-v1": 475.0,
-    "Acrobot-v1": -100.0,
-    "Pendulum-v1": -200.0,
-    "LunarLander-v3": 200.0,
-    "MountainCar-v0": -110.0,
-    "MountainCarContinuous-v0": 90.0,
-    "LunarLanderContinuous-v3": 200.0,
-    # MuJoCo has no "solved" line; these are about what PPO with the zoo's settings reaches in 1M steps.
-    "Hopper-v5": 2500.0,
-    "HalfCheetah-v5": 3000.0,
-}
-# Default env-step budgets, sized for a 2-core CPU.
-BUDGETS: dict[str, int] = {
-    "CartPole-v1": 50_000,
-    "Acrobot-v1": 100_000,
-    "Pendulum-v1": 100_000,
-    "LunarLander-v3": 300_000,
-    "MountainCar-v0": 100_000,
-    "MountainCarContinuous-v0": 50_000,
-    "LunarLanderContinuous-v3": 300_000,
-    "Hopper-v5": 1_000_000,
-    "HalfCheetah-v5": 1_000_000,
-}
-# rl-baselines3-zoo's own `n_timesteps` (ppo.yml), quoted in the docs next to ours.
-ZOO_BUDGETS: dict[str, int] = {
-    "CartPole-v1": 100_000,
-    "Acrobot-v1": 1_000_000,
-    "Pendulum-v1": 100_000,
-    "LunarLander-v3": 1_000_000,
-    "MountainCar-v0": 1_000_000,
-    "MountainCarContinuous-v0": 20_000,
-    "LunarLanderContinuous-v3": 1_000_000,
-    "Hopper-v5": 1_000_000,
-    "HalfCheetah-v5": 1_000_000,
-}
-EVAL_EVERY: dict[str, int] = {
-    "CartPole-v1": 2_500,
-    "Acrobot-v1": 5_000,
-    "Pendulum-v1": 5_000,
-    "LunarLander-v3": 10_000,
-    "MountainCar-v0": 5_000,
-    "MountainCarContinuous-v0": 2_500,
-    "LunarLanderContinuous-v3": 10_000,
-    "Hopper-v5": 50_000,
-    "HalfCheetah-v5": 50_000,
-}
-SEEDS: dict[str, tuple[int, ...]] = {
-    "CartPole-v1": (0, 1, 2),
-    "Acrobot-v1": (0, 1, 2),
-    "Pendulum-v1": (0, 1, 2),
-    "LunarLander-v3": (0,),
-    "MountainCar-v0": (0, 1, 2),
-    "MountainCarContinuous-v0": (0, 1, 2),
-    "LunarLanderContinuous-v3": (0,),
-    "Hopper-v5": (0,),
-    "HalfCheetah-v5": (0,),
-}
 # Eval episode i starts from reset seed EVAL_SEED + i, for every run and every evaluation.
 EVAL_EPISODES = 10
 EVAL_SEED = 10_000
@@ -145,21 +100,34 @@ class ModelSetup:
     n_envs: int
     normalize: dict[str, Any] | None  # VecNormalize kwargs; None: no normalisation
     kwargs: dict[str, Any]  # the algorithm's constructor arguments
+    reward_wrapper: str | None = None  # a reward function the env's reward is replaced with (PPO on GRPO's reward)
 
 
 def model_setup(hyperparams: dict[str, Any]) -> ModelSetup:
     """Translate a zoo-style entry of ``benchmarks/hyperparams.py`` as rl-baselines3-zoo's ExperimentManager does,
     through the loader of GRPO's presets."""
+    hyperparams = dict(hyperparams)
+    reward_wrapper = hyperparams.pop("reward_wrapper", None)
     preset = presets.Preset("", hyperparams)
     kwargs = preset.algorithm_kwargs()
     kwargs.pop("n_timesteps", None)  # the budget is the benchmark's
-    return ModelSetup(n_envs=preset.n_envs, normalize=preset.normalize, kwargs=kwargs)
+    return ModelSetup(n_envs=preset.n_envs, normalize=preset.normalize, kwargs=kwargs, reward_wrapper=reward_wrapper)
 
 
-def make_env(env_id: str, n_envs: int, seed: int, normalize: dict[str, Any] | None, evaluation: bool = False) -> VecEnv:
+def make_env(
+    env_id: str,
+    n_envs: int,
+    seed: int,
+    normalize: dict[str, Any] | None,
+    evaluation: bool = False,
+    reward_wrapper: str | None = None,
+) -> VecEnv:
     if normalize is not None and evaluation:  # statistics come from the training env; returns are reported as is
         normalize = {**normalize, "training": False, "norm_reward": False}
-    return presets.make_env(env_id, n_envs, seed, normalize)
+    if reward_wrapper is None or evaluation:  # evaluations always score the env's own reward
+        return presets.make_env(env_id, n_envs, seed, normalize)
+    env = make_vec_env(env_id, n_envs, seed, wrapper_class=RewardFunctionWrapper, wrapper_kwargs={"fn": reward_wrapper})
+    return env if normalize is None else VecNormalize(env, **normalize)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -175,6 +143,12 @@ class Job:
     budget: int
     eval_every: int
     max_seconds: float | None = None  # a wall-clock cap on training; the run then ends short of its budget
+    overrides: tuple[tuple[str, Any], ...] = ()  # constructor arguments over the algorithm's entry (ablations)
+    label: str = ""  # the name its results go by (default: algo)
+
+    @property
+    def name(self) -> str:
+        return self.label or self.algo
 
 
 @dataclass(frozen=True)
@@ -273,9 +247,11 @@ def steps_to_threshold(points: Sequence[EvalPoint], threshold: float) -> int | N
 
 def run_one(job: Job) -> RunResult:
     setup = model_setup(HYPERPARAMS[job.algo][job.env_id])
-    env = make_env(job.env_id, setup.n_envs, job.seed, setup.normalize)
+    kwargs = {**setup.kwargs, **dict(job.overrides)}
+    n_envs = kwargs.pop("n_envs", setup.n_envs)  # an override may change the VecEnv's size too
+    env = make_env(job.env_id, n_envs, job.seed, setup.normalize, reward_wrapper=setup.reward_wrapper)
     eval_env = make_env(job.env_id, EVAL_EPISODES, EVAL_SEED, setup.normalize, evaluation=True)
-    model = ALGORITHMS[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", **setup.kwargs)
+    model = ALGORITHMS[job.algo]("MlpPolicy", env, seed=job.seed, device="cpu", **kwargs)
     evaluation = IntervalEvaluation(eval_env, eval_marks(job.budget, job.eval_every))
     deadline = WallClockLimit(job.max_seconds)
 
@@ -290,11 +266,11 @@ def run_one(job: Job) -> RunResult:
     eval_env.close()
 
     return RunResult(
-        algo=job.algo,
+        algo=job.name,
         env_id=job.env_id,
         seed=job.seed,
         budget=job.budget,
-        n_envs=setup.n_envs,
+        n_envs=n_envs,
         num_timesteps=model.num_timesteps,
         train_seconds=train_seconds,
         steps_to_threshold=steps_to_threshold(evaluation.points, THRESHOLDS[job.env_id]),
@@ -343,7 +319,7 @@ def run_jobs(jobs: Sequence[Job], workers: int) -> list[RunResult]:
             for future in as_completed(futures):
                 results.append(future.result())
                 print_progress(results[-1], len(results), len(jobs))
-    rank = {(job.algo, job.env_id, job.seed): i for i, job in enumerate(jobs)}
+    rank = {(job.name, job.env_id, job.seed): i for i, job in enumerate(jobs)}
     return sorted(results, key=lambda r: rank[r.algo, r.env_id, r.seed])
 
 
@@ -627,6 +603,7 @@ def markdown_section(
     eval_every: dict[str, int],
     context: RunContext,
     curves: str,
+    statistics_table: str = "",
 ) -> str:
     machine = context.machine
     budget_notes = ", ".join(
@@ -645,11 +622,17 @@ CPU cores ({machine["cpu"]}; load average {machine["load_average_at_start"][0]} 
 
 {markdown_table(summaries, budgets)}
 
-- Each cell: the median over seeds, then every seed's value in parentheses. **Steps to threshold**: env steps at \
-the first evaluation whose mean return is at or above the threshold ("never": not within the budget; a seed that \
-never gets there counts as infinitely many steps in the median), so its resolution is the eval interval. \
-**Final return**: the evaluation at the budget. **Steps/s**: env steps over `learn()`'s wall time minus the time \
-spent evaluating.
+The same runs as rliable reports them (`benchmarks/aggregates.py`): IQM over seeds, 95% stratified-bootstrap \
+confidence interval, probability of improvement over PPO (steps: fewer is better; a run that never reaches the \
+threshold counts as its budget in the IQM, marked `>=`, and as infinitely many steps in the probability).
+
+{statistics_table}
+
+- Each cell of the first table: the median over seeds, then every seed's value in parentheses. **Steps to \
+threshold**: env steps at the first evaluation whose mean return is at or above the threshold ("never": not \
+within the budget; a seed that never gets there counts as infinitely many steps in the median), so its \
+resolution is the eval interval. **Final return**: the evaluation at the budget. **Steps/s**: env steps over \
+`learn()`'s wall time minus the time spent evaluating.
 - Evaluation: the deterministic policy on {EVAL_EPISODES} episodes reset with seeds {EVAL_SEED} to \
 {EVAL_SEED + EVAL_EPISODES - 1}, the same for every algorithm, seed and eval point, each time `num_timesteps` \
 crosses a multiple of the eval interval and at the budget (plus the untrained policy at 0, drawn in the curves \
@@ -823,9 +806,13 @@ def benchmark(
     write_points_csv(results, out_dir / "learning.csv")
     write_summary_json(results, summaries, jobs, context, out_dir / "learning_summary.json")
     plot_curves(results, curves)
+    runs = aggregates.read_runs([out_dir / "learning.csv"])
+    statistics_table = aggregates.table(runs, THRESHOLDS, "ppo" if "ppo" in {job.algo for job in jobs} else None)
+    aggregates.plot_sample_efficiency(runs, out_dir / "sample_efficiency.png")
+    print(f"\n{statistics_table}")
     sections = default_sections({job.algo for job in jobs}) if sections is None else sections
     if "learning" in sections:
-        section = markdown_section(summaries, budgets, eval_every, context, link(curves, markdown))
+        section = markdown_section(summaries, budgets, eval_every, context, link(curves, markdown), statistics_table)
         update_markdown(markdown, section, MARK_START, MARK_END)
         print(f"\n{markdown_table(summaries, budgets)}")
     if "branching" in sections:
@@ -868,7 +855,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         "--envs", nargs="+", choices=list(THRESHOLDS), help=f"default: {' '.join(DEFAULT_ENVS)} (quick: CartPole-v1)"
     )
     parser.add_argument("--algos", nargs="+", choices=list(ALGORITHMS), default=list(ALGORITHMS))
-    parser.add_argument("--seeds", nargs="+", type=int, help="for every env (default: 0 1 2, LunarLander 0)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="for every env (default: 0-4, LunarLander and MuJoCo 0)")
     parser.add_argument(
         "--budget",
         nargs="+",

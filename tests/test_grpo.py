@@ -85,9 +85,9 @@ def test_process_advantages_are_return_to_go_of_normalised_rewards():
 
 def test_timestep_advantages_compare_returns_to_go_at_the_same_step():
     # to-go [3, 2, 1] and [1]; an ended episode counts 0 at later steps, so the step baselines are
-    # [2, 1, 0.5]; the scale is the std of the group's to-go values [3, 2, 1, 1]: sqrt(2.75 / 3)
+    # [2, 1, 0.5]; the scale is the std of the members' returns [3, 1]: sqrt(2)
     adv, stats = timestep_advantages(np.ones(4), _episodes(3, 1), np.array([0, 0]), gamma=1.0)
-    np.testing.assert_allclose(adv, np.array([1, 1, 0.5, -1]) / np.sqrt(2.75 / 3), atol=1e-6)
+    np.testing.assert_allclose(adv, np.array([1, 1, 0.5, -1]) / np.sqrt(2), atol=1e-6)
     assert stats == (1, 0)
     adv, _ = timestep_advantages(np.ones(4), _episodes(3, 1), np.array([0, 0]), gamma=1.0, scale_rewards="none")
     np.testing.assert_allclose(adv, [1, 1, 0.5, -1], atol=1e-6)
@@ -367,7 +367,7 @@ def test_defaults_solve_cartpole():
 
 # ------------------------------------------------------------------------------------ branching (state mode) --
 
-STATE_TINY = {**TINY, "group_mode": "state", "lookahead": 2}
+STATE_TINY = {**TINY, "group_mode": "state", "lookahead": 2, "branch_interval": 1}  # every state: easy to count
 
 
 class _Walk(gym.Env):
@@ -539,7 +539,7 @@ def test_branch_steps_are_counted_apart_from_real_steps():
         def _on_rollout_end(self) -> None:
             recorded.update(self.model.logger.name_to_value)
 
-    model = GRPO("MlpPolicy", env, seed=0, branch_interval=4, **STATE_TINY).learn(48, callback=Snapshot())
+    model = GRPO("MlpPolicy", env, seed=0, **{**STATE_TINY, "branch_interval": 4}).learn(48, callback=Snapshot())
     assert model.num_timesteps == 48
     branch_points = 48 // 4
     assert model.num_branch_steps == branch_points * 3 * (1 + 2)  # every action of Discrete(3), 1 + lookahead
@@ -629,7 +629,7 @@ def test_unsupported_state_mode_setups_fail_at_construction():
 
 
 def test_save_load_keeps_group_mode_and_its_parameters(tmp_path):
-    model = GRPO("MlpPolicy", "CartPole-v1", branch_interval=3, seed=0, **STATE_TINY).learn(64)
+    model = GRPO("MlpPolicy", "CartPole-v1", seed=0, **{**STATE_TINY, "branch_interval": 3}).learn(64)
     model.save(tmp_path / "branching")
     loaded = GRPO.load(tmp_path / "branching")
     assert (loaded.group_mode, loaded.branch_interval, loaded.lookahead, loaded.advantage) == ("state", 3, 2, "outcome")

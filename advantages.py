@@ -1,0 +1,182 @@
+"""GRPO's advantage estimators: pure functions from a batch of complete groups to one advantage per step.
+
+Every function takes the batch flat and time-ordered within each episode: ``rewards`` per step, ``episodes`` the
+dense episode id (0..E-1) of each step (episodes contiguous) and ``episode_groups`` the dense group id (0..K-1)
+of each episode. Two choices are shared by all of them:
+
+- ``scale_rewards``: divide by the std of the group's comparison (DeepSeekMath), by one std over the batch (TRL's
+  ``scale_rewards="batch"``), or not at all (Dr. GRPO, Liu et al. 2025).
+- ``baseline``: the group's mean (GRPO), or the mean of the *other* members (RLOO, Ahmadian et al. 2024,
+  "Back to Basics", arXiv:2402.14740). With ``n`` members a leave-one-out residual is ``n / (n - 1)`` times the
+  mean's: it undoes the mean's ``(1 - 1/n)`` shrink, and is the same for every group of equal size.
+"""
+
+from typing import NamedTuple
+
+import numpy as np
+
+ADVANTAGE_MODES = ("outcome", "process", "timestep")
+SCALE_REWARDS = ("group", "batch", "none")
+BASELINES = ("mean", "leave_one_out")
+
+
+class GroupStats(NamedTuple):
+    n_groups: int
+    zero_std_groups: int
+
+
+def _counts(groups: np.ndarray, n_groups: int) -> np.ndarray:
+    return np.bincount(groups, minlength=n_groups).astype(np.float64)
+
+
+def _group_std(values: np.ndarray, groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each group's mean and unbiased std (as TRL's GRPOTrainer computes it)."""
+    counts = _counts(groups, n_groups)
+    mean = np.bincount(groups, weights=values, minlength=n_groups) / counts
+    sq_dev = np.bincount(groups, weights=(values - mean[groups]) ** 2, minlength=n_groups)
+    return mean, np.sqrt(sq_dev / np.maximum(counts - 1, 1))
+
+
+def _flat(std: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    return std <= 1e-8 * np.maximum(1.0, np.abs(mean))
+
+
+def _divisor(values: np.ndarray, group_std: np.ndarray, groups: np.ndarray, scale_rewards: str) -> np.ndarray:
+    """Per-element divisor: the group's std, one std over all ``values``, or 1."""
+    if scale_rewards == "group":  # DeepSeekMath: z-score within the group
+        return group_std[groups]
+    if scale_rewards == "batch":  # TRL scale_rewards="batch": one std over the whole rollout
+        return np.full(len(groups), values.std(ddof=1) if len(values) > 1 else 0.0)
+    return np.ones(len(groups))  # Dr. GRPO: no std division, which biases towards low-variance groups
+
+
+def _loo_factor(groups: np.ndarray, n_groups: int, baseline: str) -> np.ndarray:
+    """Per-element factor that turns a mean-baseline residual into a leave-one-out one (RLOO): n / (n - 1)."""
+    if baseline == "mean":
+        return np.ones(len(groups))
+    counts = _counts(groups, n_groups)
+    return (counts / np.maximum(counts - 1, 1))[groups]
+
+
+def _normalize(
+    values: np.ndarray, groups: np.ndarray, scale_rewards: str, baseline: str = "mean"
+) -> tuple[np.ndarray, GroupStats]:
+    n_groups = int(groups.max()) + 1
+    mean, std = _group_std(values, groups, n_groups)
+    zero_std = _flat(std, mean)
+    divisor = _divisor(values, std, groups, scale_rewards)
+    normalized = (values - mean[groups]) * _loo_factor(groups, n_groups, baseline) / (divisor + 1e-8)
+    # A group whose members all scored the same carries no signal: exactly zero, not rounding noise.
+    normalized[zero_std[groups]] = 0.0
+    return normalized, GroupStats(n_groups, int(zero_std.sum()))
+
+
+def _episode_starts(episodes: np.ndarray) -> np.ndarray:
+    return np.r_[True, episodes[1:] != episodes[:-1]]
+
+
+def _steps_in_episode(starts: np.ndarray) -> np.ndarray:
+    index = np.arange(len(starts))
+    return index - np.maximum.accumulate(np.where(starts, index, 0))
+
+
+def episode_returns(rewards: np.ndarray, episodes: np.ndarray, gamma: float) -> np.ndarray:
+    """Each episode's return, discounted from its first step."""
+    step = _steps_in_episode(_episode_starts(episodes))
+    return np.bincount(episodes, weights=rewards * gamma**step, minlength=int(episodes.max()) + 1)
+
+
+def discounted_cumsum(values: np.ndarray, episode_starts: np.ndarray, gamma: float) -> np.ndarray:
+    """Return-to-go ``sum_k gamma^k values[t+k]`` within each episode of a flat, time-ordered array."""
+    out = np.empty_like(values, dtype=np.float64)
+    running = 0.0
+    for t in range(len(values) - 1, -1, -1):
+        running = values[t] + gamma * running
+        out[t] = running
+        if episode_starts[t]:
+            running = 0.0
+    return out
+
+
+def outcome_advantages(
+    rewards: np.ndarray,
+    episodes: np.ndarray,
+    episode_groups: np.ndarray,
+    gamma: float,
+    scale_rewards: str = "group",
+    baseline: str = "mean",
+) -> tuple[np.ndarray, GroupStats]:
+    """Outcome supervision (DeepSeekMath 4.1.2): an episode's discounted return, compared within its group,
+    is the advantage of every one of its steps."""
+    returns = episode_returns(rewards, episodes, gamma)
+    episode_advantages, stats = _normalize(returns, episode_groups, scale_rewards, baseline)
+    return episode_advantages[episodes], stats
+
+
+def process_advantages(
+    rewards: np.ndarray,
+    episodes: np.ndarray,
+    episode_groups: np.ndarray,
+    gamma: float,
+    scale_rewards: str = "group",
+    baseline: str = "mean",
+) -> tuple[np.ndarray, GroupStats]:
+    """Process supervision (DeepSeekMath 4.1.3): every step reward is normalised against all step rewards of
+    its group, and a step's advantage is the (``gamma``-discounted) sum of the normalised rewards from it on.
+
+    The returned stats count groups whose *step rewards* are all equal: then every advantage is zero, even where
+    the members' lengths differ (a survival reward, +1 or -1 on every step, tells them apart only by length)."""
+    normalized, stats = _normalize(rewards, episode_groups[episodes], scale_rewards, baseline)
+    return discounted_cumsum(normalized, _episode_starts(episodes), gamma), stats
+
+
+def timestep_advantages(
+    rewards: np.ndarray,
+    episodes: np.ndarray,
+    episode_groups: np.ndarray,
+    gamma: float,
+    scale_rewards: str = "group",
+    baseline: str = "mean",
+) -> tuple[np.ndarray, GroupStats]:
+    """Per-timestep group baseline: a step's discounted return-to-go minus the mean return-to-go of its group's
+    members at the same step index (0 for members whose episode already ended). Members share their start, so
+    step t of each is a fair comparison.
+
+    The scale is the spread of the comparison itself: the std of the members' returns (``"group"``), or of all
+    episode returns in the batch (``"batch"``). Not the std of returns-to-go pooled over step indices, which
+    mostly measures how they fall with time: it grows with the episodes' length, so a one-reward difference at
+    step 0 would weigh -1.0, -0.1, -0.02 in episodes of 2, 20, 200 steps instead of -0.71 in all three (issue 12).
+    The root mean square of the group's residuals is a floor: discounting shrinks late differences in the returns
+    from the start (and equal returns may hide rewards that came at different times)."""
+    starts = _episode_starts(episodes)
+    step = _steps_in_episode(starts)
+    to_go = discounted_cumsum(rewards, starts, gamma)
+    groups = episode_groups[episodes]
+    n_groups = int(episode_groups.max()) + 1
+    members = np.bincount(episode_groups, minlength=n_groups)[groups]
+    horizon = int(step.max()) + 1
+    slot = groups * horizon + step  # (group, step index)
+    baseline_sum = np.bincount(slot, weights=to_go, minlength=n_groups * horizon)[slot]
+    residual = to_go - baseline_sum / members
+    if baseline == "leave_one_out":  # the other members' mean at this step
+        residual = residual * members / np.maximum(members - 1, 1)
+
+    returns = to_go[starts]  # in episode order: starts are the episodes' first steps
+    returns_mean, returns_std = _group_std(returns, episode_groups, n_groups)
+    residual_rms = np.sqrt(np.bincount(groups, weights=residual**2, minlength=n_groups) / _counts(groups, n_groups))
+    flat = residual_rms <= 1e-8 * np.maximum(1.0, np.abs(returns_mean))
+    # Discounting shrinks late differences in the returns from the start (gamma^t): the residuals' own spread floors it.
+    spread = np.maximum(returns_std, residual_rms)
+    divisor = _divisor(returns, spread, groups, scale_rewards)
+    advantages = np.where(flat[groups] | (divisor <= 1e-8), 0.0, residual / (divisor + 1e-8))
+    return advantages, GroupStats(n_groups, int(flat.sum()))
+
+
+ADVANTAGE_FUNCTIONS = {"outcome": outcome_advantages, "process": process_advantages, "timestep": timestep_advantages}
+
+
+def zero_spread_rows(advantages: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Rows of the groups whose advantages are all zero: they add nothing to the gradient but count in every
+    mini-batch mean, so DAPO's dynamic sampling (Yu et al. 2025) leaves them out."""
+    weight = np.bincount(groups, weights=np.abs(advantages), minlength=int(groups.max()) + 1)
+    return weight[groups] == 0.0

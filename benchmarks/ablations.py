@@ -1,0 +1,128 @@
+"""Ablations of GRPO's options (issue 12): one row per idea, each the benchmark's run with one change, >= 3 seeds.
+
+Every cell trains the algorithm's benchmark entry (``hyperparams/grpo.yml`` for ``grpo``, ``GRPO_STATE`` for
+``grpo_state``) with the cell's constructor arguments on top, and is evaluated as ``benchmarks/learning.py``
+evaluates (same eval episodes, same marks). Writes ``ablations.csv`` (every eval point, the ``algo`` column naming
+the cell) under ``--out``; ``benchmarks/statistics.py`` turns it into the table.
+
+    python benchmarks/ablations.py --out docs/benchmarks/ablations            # every cell, seeds 0 1 2
+    python benchmarks/ablations.py --cells dynamic_sampling --seeds 0 1 2 3 4 --out /tmp/ablations
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # `python benchmarks/ablations.py` from anywhere
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from benchmarks.hyperparams import EVAL_EVERY
+from benchmarks.learning import Job, run_jobs, use_one_thread, write_points_csv
+
+
+@dataclass(frozen=True)
+class Cell:
+    algo: str
+    env_id: str
+    overrides: dict[str, Any]
+    what: str  # the idea the row tests, for the table
+    budget: int = 50_000
+
+
+CELLS: dict[str, Cell] = {
+    "defaults": Cell(
+        "grpo", "CartPole-v1", {}, "the preset as it stands (timestep advantage, scaled by the returns' std)"
+    ),
+    "scale_none": Cell("grpo", "CartPole-v1", {"scale_rewards": "none"}, "no std division (Dr. GRPO)"),
+    "scale_batch": Cell("grpo", "CartPole-v1", {"scale_rewards": "batch"}, "one std over the batch's returns"),
+    "leave_one_out": Cell("grpo", "CartPole-v1", {"baseline": "leave_one_out"}, "RLOO baseline"),
+    "dynamic_sampling": Cell("grpo", "CartPole-v1", {"dynamic_sampling": True}, "flat groups' rows dropped (DAPO)"),
+    "proximal_policy": Cell("grpo", "CartPole-v1", {"proximal_policy": True}, "clip centred on the proximal policy"),
+    "group_8": Cell("grpo", "CartPole-v1", {"group_size": 8}, "groups of 8: twice as many updates"),
+    "group_4": Cell("grpo", "CartPole-v1", {"group_size": 4}, "groups of 4: four times as many updates"),
+    "acrobot_group_8": Cell("grpo", "Acrobot-v1", {"group_size": 8}, "Acrobot: groups of 8", 100_000),
+    "pendulum_n_steps_256": Cell(
+        "grpo", "Pendulum-v1", {"n_steps": 256}, "Pendulum: an update per 1,024 steps, not 4,096", 100_000
+    ),
+    "lockstep_16": Cell("grpo", "CartPole-v1", {"n_envs": 16}, "16 envs, one per member: groups run in lockstep"),
+    "lr_1e-3": Cell("grpo", "CartPole-v1", {"learning_rate": 1e-3}, "learning rate 1e-3 (PPO zoo's)"),
+    "acrobot_defaults": Cell("grpo", "Acrobot-v1", {}, "Acrobot: the preset as it stands", 100_000),
+    "acrobot_dynamic_sampling": Cell(
+        "grpo", "Acrobot-v1", {"dynamic_sampling": True}, "Acrobot: flat groups' rows dropped (DAPO)", 100_000
+    ),
+    "acrobot_proximal_policy": Cell(
+        "grpo", "Acrobot-v1", {"proximal_policy": True}, "Acrobot: clip centred on the proximal policy", 100_000
+    ),
+    "acrobot_leave_one_out": Cell("grpo", "Acrobot-v1", {"baseline": "leave_one_out"}, "Acrobot: RLOO", 100_000),
+    "pendulum_defaults": Cell("grpo", "Pendulum-v1", {}, "Pendulum: the preset as it stands", 100_000),
+    "pendulum_proximal_policy": Cell(
+        "grpo", "Pendulum-v1", {"proximal_policy": True}, "Pendulum: clip centred on the proximal policy", 100_000
+    ),
+    "acrobot_branch_4_16": Cell(
+        "grpo_state",
+        "Acrobot-v1",
+        {"branch_interval": 4, "lookahead": 16},
+        "Acrobot branching: every 4th state, lookahead 16",
+        20_000,
+    ),
+    "acrobot_branch_8_8": Cell(
+        "grpo_state",
+        "Acrobot-v1",
+        {"branch_interval": 8, "lookahead": 8},
+        "Acrobot branching: every 8th state, lookahead 8",
+        20_000,
+    ),
+    "branch_1_4": Cell(
+        "grpo_state",
+        "CartPole-v1",
+        {"branch_interval": 1, "lookahead": 4},
+        "branching every state, lookahead 4",
+        10_000,
+    ),
+    "branch_4_2": Cell(
+        "grpo_state",
+        "CartPole-v1",
+        {"branch_interval": 4, "lookahead": 2},
+        "branching every 4th state, lookahead 2",
+        10_000,
+    ),
+}
+
+
+def jobs(cells: Sequence[str], seeds: Sequence[int], eval_every: int | None) -> list[Job]:
+    return [
+        Job(
+            CELLS[name].algo,
+            CELLS[name].env_id,
+            seed,
+            CELLS[name].budget,
+            eval_every or min(EVAL_EVERY[CELLS[name].env_id], CELLS[name].budget // 10),
+            overrides=tuple(CELLS[name].overrides.items()),
+            label=name,
+        )
+        for name in cells
+        for seed in seeds
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cells", nargs="+", choices=list(CELLS), default=list(CELLS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--eval-every", type=int, help="eval interval in env steps (default: the benchmark's)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if args.workers <= 1:
+        use_one_thread()
+    results = run_jobs(jobs(args.cells, args.seeds, args.eval_every), args.workers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_points_csv(results, args.out / "ablations.csv")
+    print(f"Wrote {args.out / 'ablations.csv'}")
+
+
+if __name__ == "__main__":
+    main()

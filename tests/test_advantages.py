@@ -1,0 +1,174 @@
+"""GRPO's advantage estimators and the options of issue 12, by hand: known answers, then tiny runs over spaces."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch as th
+from stable_baselines3.common.distributions import make_proba_distribution
+from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox, IdentityEnvMultiBinary, IdentityEnvMultiDiscrete
+
+from advantages import outcome_advantages, process_advantages, timestep_advantages, zero_spread_rows
+from grpo import GRPO, exact_kl, k3_kl
+from rewards import RewardFunctionWrapper
+
+TINY = {"n_steps": 16, "batch_size": 32, "n_epochs": 2, "group_size": 2, "policy_kwargs": {"net_arch": [16]}}
+
+
+def _episodes(*lengths: int) -> np.ndarray:
+    return np.repeat(np.arange(len(lengths)), lengths)
+
+
+@pytest.mark.parametrize("length", [2, 20, 200])
+def test_timestep_scale_does_not_depend_on_episode_length(length):
+    # Issue 12: two members differing only by one reward at step 0 got -1.007, -0.095, -0.021 for episodes of
+    # 2, 20, 200 steps. Divided by the spread of their returns (1 and 0: std 1/sqrt(2)) it is -0.5 * sqrt(2).
+    rewards = np.zeros(2 * length)
+    rewards[0] = 1.0
+    adv, stats = timestep_advantages(rewards, _episodes(length, length), np.array([0, 0]), gamma=1.0)
+    np.testing.assert_allclose(adv[[0, length]], [np.sqrt(0.5), -np.sqrt(0.5)], atol=1e-6)
+    np.testing.assert_allclose(np.delete(adv, [0, length]), 0.0, atol=1e-12)  # later steps compare equal to-gos
+    assert stats == (1, 0)
+    adv, _ = timestep_advantages(rewards, _episodes(length, length), np.array([0, 0]), 1.0, "none")
+    np.testing.assert_allclose(adv[length], -0.5, atol=1e-6)
+
+
+def test_timestep_batch_scale_is_the_std_of_all_returns():
+    # returns 3, 1 (group 0) and 2, 2 (group 1): batch std of [3, 1, 2, 2] = sqrt(2 / 3)
+    rewards = np.ones(8)
+    adv, stats = timestep_advantages(rewards, _episodes(3, 1, 2, 2), np.array([0, 0, 1, 1]), 1.0, "batch")
+    np.testing.assert_allclose(adv[:4], np.array([1, 1, 0.5, -1]) / np.sqrt(2 / 3), atol=1e-6)
+    np.testing.assert_array_equal(adv[4:], 0.0)
+    assert stats == (2, 1)
+
+
+def test_timestep_equal_returns_at_different_times_fall_back_on_the_residuals():
+    # gamma 1, returns both 1, but the reward comes at step 0 or step 1: residuals +-0.5 at step 1 only
+    rewards = np.array([1.0, 0.0, 0.0, 1.0])
+    adv, stats = timestep_advantages(rewards, _episodes(2, 2), np.array([0, 0]), gamma=1.0)
+    assert stats == (1, 0)
+    assert adv[1] < 0 < adv[3] and adv[0] == adv[2] == 0.0
+
+
+@pytest.mark.parametrize("estimator", [outcome_advantages, timestep_advantages])
+def test_leave_one_out_compares_each_member_with_the_others(estimator):
+    # returns 3, 1, 2: the other members' means are 1.5, 2.5, 2 -> residuals 1.5, -1.5, 0 (RLOO)
+    rewards = np.array([3.0, 1.0, 2.0])
+    adv, _ = estimator(rewards, _episodes(1, 1, 1), np.zeros(3, dtype=int), 1.0, "none", "leave_one_out")
+    np.testing.assert_allclose(adv, [1.5, -1.5, 0.0], atol=1e-6)
+    mean_adv, _ = estimator(rewards, _episodes(1, 1, 1), np.zeros(3, dtype=int), 1.0, "none", "mean")
+    np.testing.assert_allclose(adv, mean_adv * 3 / 2, atol=1e-6)  # n / (n - 1) times the mean baseline's
+
+
+def test_process_advantages_count_survival_groups_as_flat():
+    adv, stats = process_advantages(np.ones(5), _episodes(3, 2), np.array([0, 0]), gamma=1.0)
+    np.testing.assert_array_equal(adv, 0.0)
+    assert stats == (1, 1)
+
+
+def test_zero_spread_rows_marks_whole_flat_groups_only():
+    advantages = np.array([0.0, 0.0, 0.5, 0.0, -0.5, 0.0])
+    groups = np.array([0, 0, 1, 1, 1, 2])
+    np.testing.assert_array_equal(zero_spread_rows(advantages, groups), [True, True, False, False, False, True])
+
+
+# -------------------------------------------------------------------------------------------------- the KL --
+
+
+def test_exact_kl_over_enumerated_actions_is_the_kl():
+    # Issue 12: at pi = [0.99, 0.01], pi_ref = [0.5, 0.5], k3 averaged over both enumerated actions gives 22.6.
+    pi, ref = make_proba_distribution(gym.spaces.Discrete(2)), make_proba_distribution(gym.spaces.Discrete(2))
+    pi.proba_distribution(th.log(th.tensor([[0.99, 0.01]] * 2)))
+    ref.proba_distribution(th.log(th.tensor([[0.5, 0.5]] * 2)))
+    actions = th.tensor([0, 1])
+    assert k3_kl(pi.log_prob(actions), ref.log_prob(actions)).mean().item() == pytest.approx(22.6, abs=0.05)
+    expected = 0.99 * np.log(0.99 / 0.5) + 0.01 * np.log(0.01 / 0.5)
+    np.testing.assert_allclose(exact_kl(pi, ref).numpy(), [expected] * 2, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "space",
+    [gym.spaces.Discrete(3), gym.spaces.MultiDiscrete([2, 3]), gym.spaces.MultiBinary(2), gym.spaces.Box(-1, 1, (2,))],
+    ids=["Discrete", "MultiDiscrete", "MultiBinary", "Box"],
+)
+def test_exact_kl_equals_torch_kl_divergence(space):
+    th.manual_seed(0)
+    pi, ref = make_proba_distribution(space), make_proba_distribution(space)
+    if isinstance(space, gym.spaces.Box):
+        pi.proba_distribution(th.randn(5, 2), th.zeros(2))
+        ref.proba_distribution(th.randn(5, 2), th.full((2,), -0.5))
+    else:
+        width = (
+            int(sum(space.nvec))
+            if isinstance(space, gym.spaces.MultiDiscrete)
+            else int(np.prod(space.shape or [space.n]))
+        )
+        pi.proba_distribution(th.randn(5, width))
+        ref.proba_distribution(th.randn(5, width))
+    kl = exact_kl(pi, ref)
+    assert kl.shape == (5,) and (kl >= 0).all()
+    # The KL's definition, E_pi[log pi - log pi_ref], estimated from many samples, agrees.
+    samples = [pi.sample() for _ in range(3000)]
+    log_ratio = th.stack([pi.log_prob(sample) - ref.log_prob(sample) for sample in samples])
+    np.testing.assert_allclose(log_ratio.mean(0).numpy(), kl.numpy(), atol=0.15)
+
+
+# ------------------------------------------------------------------------------------------- options, end to end --
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        IdentityEnv(2, ep_length=8),
+        IdentityEnvBox(ep_length=8),
+        IdentityEnvMultiDiscrete(2, ep_length=8),
+        IdentityEnvMultiBinary(2, ep_length=8),
+    ],
+    ids=["Discrete", "Box", "MultiDiscrete", "MultiBinary"],
+)
+@pytest.mark.parametrize(
+    "options",
+    [{"baseline": "leave_one_out"}, {"dynamic_sampling": True}, {"proximal_policy": True}, {"beta": 0.1}],
+    ids=["rloo", "dynamic_sampling", "proximal", "kl"],
+)
+def test_options_on_every_action_space(env, options):
+    model = GRPO("MlpPolicy", env, seed=0, **TINY, **options).learn(256)
+    assert model.num_timesteps >= 256
+
+
+def test_dynamic_sampling_leaves_flat_groups_out_of_the_minibatches():
+    # IdentityEnv with one-step episodes and two actions: many groups of 2 agree, and are flat.
+    model = GRPO("MlpPolicy", IdentityEnv(2, ep_length=1), dynamic_sampling=True, seed=0, **TINY)
+    model.learn(64)
+    buffer = model.rollout_buffer
+    groups = buffer.episode_groups[buffer.episodes]
+    flat = zero_spread_rows(buffer.advantages, groups)
+    assert flat.any() and not buffer.trainable[flat].any() and buffer.trainable[~flat].all()
+
+
+def test_stale_rows_are_measured_and_approx_kl_starts_at_zero():
+    model = GRPO("MlpPolicy", "CartPole-v1", seed=0, **{**TINY, "n_epochs": 1, "batch_size": 10_000}).learn(2_000)
+    values = model.logger.name_to_value
+    assert 0.0 <= values["rollout/stale_fraction"] <= 1.0
+    assert 0.0 <= values["train/stale_clip_fraction"] <= 1.0
+    # One epoch of one mini-batch: approx_kl is measured before the only step, against the policy as it started.
+    assert values["train/approx_kl"] == pytest.approx(0.0, abs=1e-6)
+    assert model.rollout_buffer.policy_version > 0
+
+
+def test_process_advantage_on_a_survival_reward_warns():
+    with pytest.warns(UserWarning, match="advantage='process'"):
+        GRPO("MlpPolicy", "CartPole-v1", advantage="process", seed=0, **TINY).learn(1_500)
+
+
+def test_bad_baseline_fails_at_construction():
+    with pytest.raises(ValueError, match="baseline"):
+        GRPO("MlpPolicy", "CartPole-v1", baseline="median")
+
+
+def test_reward_function_wrapper_gives_the_function_reward_and_keeps_the_episode():
+    env = RewardFunctionWrapper(gym.make("CartPole-v1"), "simple_cartpole")
+    env.reset(seed=0)
+    _, reward, terminated, truncated, _ = env.step(0)
+    assert 0.1 <= reward <= 1.0 and not terminated and not truncated
+    with pytest.raises(ValueError, match="needs a reward function"):
+        RewardFunctionWrapper(gym.make("CartPole-v1"), "env")
