@@ -11,7 +11,7 @@ environment. The environment side (group-reset wrapper, forks) lives in ``envs.p
 import copy
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
 import torch as th
@@ -27,6 +27,7 @@ from stable_baselines3.common.distributions import (
     SquashedDiagGaussianDistribution,
     StateDependentNoiseDistribution,
 )
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
     ActorCriticCnnPolicy,
@@ -45,6 +46,7 @@ from advantages import (
     ADVANTAGE_MODES,
     BASELINES,
     SCALE_REWARDS,
+    GroupStats,
     discounted_cumsum,
     outcome_advantages,
     process_advantages,
@@ -214,6 +216,41 @@ def clipped_surrogate_loss(
     return -surrogate.mean()
 
 
+class MinibatchLoss(NamedTuple):
+    loss: th.Tensor  # what is minimised: the policy loss, the entropy bonus and the KL penalty
+    policy_loss: th.Tensor
+    entropy_loss: th.Tensor
+    kl_ref: th.Tensor | None  # against the reference policy, when there is one
+    ratio: th.Tensor  # what the clip is applied to
+    log_ratio: th.Tensor  # against the policy as the update started
+
+
+def minibatch_loss(model: "GRPO", batch: Any, clip_low: float, clip_high: float) -> MinibatchLoss:
+    """The loss of one mini-batch of ``GroupRolloutBuffer`` samples under ``model``'s current policy."""
+    distribution = model.policy.get_distribution(batch.observations)
+    log_prob = distribution.log_prob(model._policy_actions(batch.actions))
+    entropy = distribution.entropy()
+    log_ratio = log_prob - batch.proximal_log_prob
+    weights = None
+    if model.proximal_policy:  # truncated at 1, as V-trace's rho-bar, so that a stale row never weighs more
+        ratio = th.exp(log_ratio)
+        weights = th.exp(batch.proximal_log_prob - batch.old_log_prob).clamp(max=1.0)
+    else:  # the clip centred on the behaviour policy, as PPO
+        ratio = th.exp(log_prob - batch.old_log_prob)
+    policy_loss = clipped_surrogate_loss(ratio, batch.advantages, clip_low, clip_high, weights)
+    # Entropy bonus; without an analytical form, -log pi estimates it (as in SB3's PPO).
+    entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
+    loss = policy_loss + model.ent_coef * entropy_loss
+    kl_ref = None
+    if model.ref_policy is not None:
+        with th.no_grad():
+            reference = model.ref_policy.get_distribution(batch.observations)
+        kl_rows = exact_kl(distribution, reference)
+        kl_ref = (k3_kl(log_prob, batch.ref_log_prob) if kl_rows is None else kl_rows).mean()
+        loss = loss + model.beta * kl_ref
+    return MinibatchLoss(loss, policy_loss, entropy_loss, kl_ref, ratio, log_ratio)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Rewards: the env's, or the reward functions' on the env's own observations
 # --------------------------------------------------------------------------------------------------------------
@@ -298,6 +335,15 @@ def warn_if_process_is_flat(model: "GRPO", outcome: Any) -> None:
             "advantage='timestep' or 'outcome', which compare returns.",
             stacklevel=3,
         )
+
+
+def record_groups(logger: Logger, stats: GroupStats, buffer: GroupRolloutBuffer) -> None:
+    """The rollout's groups, in SB3's ``rollout/`` namespace."""
+    logger.record("rollout/groups", stats.n_groups)
+    logger.record("rollout/zero_std_groups", stats.zero_std_groups)
+    logger.record("rollout/frac_zero_std_groups", stats.zero_std_groups / max(stats.n_groups, 1))
+    logger.record("rollout/group_steps", buffer.size)
+    logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
 
 
 def _check_arguments(self: "GRPO") -> None:
@@ -644,11 +690,7 @@ class GRPO(OnPolicyAlgorithm):
             self.logger.record("rollout/dropped_rows", int(dropped.sum()))
         if self.ref_policy is not None:
             buffer.ref_log_probs = buffer.log_probs_under(self.ref_policy, self._policy_actions)
-        self.logger.record("rollout/groups", stats.n_groups)
-        self.logger.record("rollout/zero_std_groups", stats.zero_std_groups)
-        self.logger.record("rollout/frac_zero_std_groups", stats.zero_std_groups / max(stats.n_groups, 1))
-        self.logger.record("rollout/group_steps", buffer.size)
-        self.logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
+        record_groups(self.logger, stats, buffer)
 
     def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
         if isinstance(self.action_space, spaces.Discrete):
@@ -680,36 +722,16 @@ class GRPO(OnPolicyAlgorithm):
             for batch in buffer.get(self.batch_size):
                 if self.use_sde:
                     self.policy.reset_noise(len(batch.advantages))
-                distribution = self.policy.get_distribution(batch.observations)
-                actions = self._policy_actions(batch.actions)
-                log_prob = distribution.log_prob(actions)
-                entropy = distribution.entropy()
-
-                log_ratio = log_prob - batch.proximal_log_prob
-                ratio = th.exp(log_ratio)
-                weights = None
-                if not self.proximal_policy:  # the clip centred on the behaviour policy, as PPO
-                    ratio = th.exp(log_prob - batch.old_log_prob)
-                else:  # truncated at 1, as V-trace's rho-bar, so that a stale row never weighs more than a fresh one
-                    weights = th.exp(batch.proximal_log_prob - batch.old_log_prob).clamp(max=1.0)
-                policy_loss = clipped_surrogate_loss(ratio, batch.advantages, clip_low, clip_high, weights)
-                # Entropy bonus; without an analytical form, -log pi estimates it (as in SB3's PPO).
-                entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
-                loss = policy_loss + self.ent_coef * entropy_loss
-                if self.ref_policy is not None:
-                    with th.no_grad():
-                        reference = self.ref_policy.get_distribution(batch.observations)
-                    kl_rows = exact_kl(distribution, reference)
-                    kl_ref = (k3_kl(log_prob, batch.ref_log_prob) if kl_rows is None else kl_rows).mean()
-                    loss = loss + self.beta * kl_ref
-                    kl_refs.append(kl_ref.item())
-
+                terms = minibatch_loss(self, batch, clip_low, clip_high)
+                loss, ratio, log_ratio = terms.loss, terms.ratio, terms.log_ratio
                 with th.no_grad():
                     # Schulman's k3 again, against the policy as this update started (SB3 PPO's approx_kl): stale
                     # rows measured against their older behaviour policy would stop target_kl early.
                     approx_kl = th.mean(th.expm1(log_ratio) - log_ratio).item()
-                pg_losses.append(policy_loss.item())
-                entropy_losses.append(entropy_loss.item())
+                pg_losses.append(terms.policy_loss.item())
+                entropy_losses.append(terms.entropy_loss.item())
+                if terms.kl_ref is not None:
+                    kl_refs.append(terms.kl_ref.item())
                 clip_fractions.append(th.mean(((ratio < 1 - clip_low) | (ratio > 1 + clip_high)).float()).item())
                 approx_kl_divs.append(approx_kl)
                 if self.target_kl is not None and approx_kl > 1.5 * self.target_kl:
