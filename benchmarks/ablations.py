@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from benchmarks.hyperparams import EVAL_EVERY
-from benchmarks.learning import Job, run_jobs, use_one_thread, write_points_csv
+from benchmarks.learning import write_points_csv
+from benchmarks.runs import Job, run_jobs, use_one_thread
 
 
 @dataclass(frozen=True)
