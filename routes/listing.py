@@ -28,7 +28,8 @@ class ListQuery(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     limit: int | None = Field(None, ge=1, le=MAX_PAGE, description="At most this many items (default: all)")
-    offset: int = Field(0, ge=0, description="Skip this many items first")
+    # Bounded like every number the service takes: SQLite's integers stop at 2**63 - 1 (a larger offset was a 500).
+    offset: int = Field(0, ge=0, le=2**63 - 1, description="Skip this many items first")
     env: str | None = Field(None, max_length=200, description="Only this environment")
     study: str | None = Field(None, max_length=64, description="Only the trials of this study (GET /studies)")
 

@@ -179,6 +179,8 @@ def test_hostile_input_is_refused_and_never_a_500(fuzzed_server: Server) -> None
             for path in ["metrics", "events"]:
                 assert send("GET", f"/training/{job_id}/{path}", params={"since": number}).status_code == 422
             assert send("GET", f"/training/{job_id}/events", headers={"Last-Event-ID": number}).status_code == 422
+            for listing in ["/training/jobs", "/models"]:  # schemathesis found the offset (a 500)
+                assert send("GET", listing, params={"offset": number, "limit": 5}).status_code == 422
             send("POST", "/train", content=f'{{"total_timesteps": 64, "seed": {number}}}', headers=JSON)
             send("POST", "/models/target/evaluate", content=f'{{"n_episodes": {number}}}', headers=JSON)
         huge = b'{"model_name": "target", "observations": [' + b"[0.0, 0.0, 0.0, 0.0]," * 600_000 + b"]}"
