@@ -1,23 +1,14 @@
 """The benchmark's statistics against rliable's definitions, on hand-made runs."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def aggregates():
-    spec = importlib.util.spec_from_file_location("benchmarks_aggregates", ROOT / "benchmarks" / "aggregates.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+    from benchmarks import aggregates as module  # the repository's root is on the path, as for every test
+
+    return module
 
 
 def test_iqm_is_the_mean_of_the_middle_half(aggregates):
