@@ -59,6 +59,14 @@ CELLS: dict[str, Cell] = {
     ),
     "acrobot_leave_one_out": Cell("grpo", "Acrobot-v1", {"baseline": "leave_one_out"}, "Acrobot: RLOO", 100_000),
     "pendulum_defaults": Cell("grpo", "Pendulum-v1", {}, "Pendulum: the preset as it stands", 100_000),
+    "pendulum_group_4": Cell("grpo", "Pendulum-v1", {"group_size": 4}, "Pendulum: groups of 4", 100_000),
+    "pendulum_group_16": Cell("grpo", "Pendulum-v1", {"group_size": 16}, "Pendulum: groups of 16", 100_000),
+    "pendulum_scale_none": Cell(
+        "grpo", "Pendulum-v1", {"scale_rewards": "none"}, "Pendulum: no std division (Dr. GRPO)", 100_000
+    ),
+    "pendulum_process": Cell(
+        "grpo", "Pendulum-v1", {"advantage": "process"}, "Pendulum: process advantage (step rewards)", 100_000
+    ),
     "pendulum_proximal_policy": Cell(
         "grpo", "Pendulum-v1", {"proximal_policy": True}, "Pendulum: clip centred on the proximal policy", 100_000
     ),
