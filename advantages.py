@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-ADVANTAGE_MODES = ("outcome", "process", "timestep")
+ADVANTAGE_MODES = ("outcome", "process", "timestep", "nearest")
 SCALE_REWARDS = ("group", "batch", "none")
 BASELINES = ("mean", "leave_one_out")
 
@@ -172,7 +172,56 @@ def timestep_advantages(
     return advantages, GroupStats(n_groups, int(flat.sum()))
 
 
-ADVANTAGE_FUNCTIONS = {"outcome": outcome_advantages, "process": process_advantages, "timestep": timestep_advantages}
+# Steps of other episodes that make a step's baseline in nearest_state_advantages.
+NEAREST_STATES = 16
+_CHUNK_ROWS = 1024  # rows whose distances to the whole batch are computed at once
+
+
+def nearest_state_advantages(
+    rewards: np.ndarray,
+    episodes: np.ndarray,
+    episode_groups: np.ndarray,
+    gamma: float,
+    scale_rewards: str = "group",
+    baseline: str = "mean",
+    observations: np.ndarray | None = None,
+    k: int = NEAREST_STATES,
+) -> tuple[np.ndarray, GroupStats]:
+    """Per-state baseline without a critic: a step's discounted return-to-go minus the mean return-to-go of the
+    ``k`` steps of *other* episodes in the rollout whose observations are nearest (Euclidean, each dimension
+    standardised over the rollout), a k-nearest-neighbour estimate of the state's value under the policies that
+    collected it. Group members share only their start: where they part ways within a few steps (Pendulum), the
+    timestep baseline compares different states at the same step index, and this compares like with like
+    (issue 12: Pendulum reaches -200 in about PPO's steps, docs/benchmarks.md). ``baseline`` changes nothing here
+    (a step is never its own neighbour's episode); ``scale_rewards`` divides by the std of the group's residuals,
+    of the rollout's, or not at all. Costs rows^2 x observation size per rollout, in chunks of rows."""
+    if observations is None:
+        raise ValueError("nearest_state_advantages needs the rollout's observations")
+    to_go = discounted_cumsum(rewards, _episode_starts(episodes), gamma)
+    flat = observations.reshape(len(observations), -1).astype(np.float64)
+    z = (flat - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-8)
+    neighbours = min(k, int(np.sum(episodes != episodes[0])) or 1)
+    base = np.empty(len(z))
+    for start in range(0, len(z), _CHUNK_ROWS):
+        rows = slice(start, start + _CHUNK_ROWS)
+        distance = ((z[rows, None, :] - z[None, :, :]) ** 2).sum(axis=-1)
+        distance[episodes[rows, None] == episodes[None, :]] = np.inf
+        nearest = np.argpartition(distance, neighbours - 1, axis=1)[:, :neighbours]
+        base[rows] = to_go[nearest].mean(axis=1)
+    residual = to_go - base
+    groups = episode_groups[episodes]
+    n_groups = int(episode_groups.max()) + 1
+    mean, std = _group_std(residual, groups, n_groups)
+    divisor = _divisor(residual, std, groups, scale_rewards)
+    return residual / (divisor + 1e-8), GroupStats(n_groups, int(_flat(std, mean).sum()))
+
+
+ADVANTAGE_FUNCTIONS = {
+    "outcome": outcome_advantages,
+    "process": process_advantages,
+    "timestep": timestep_advantages,
+    "nearest": nearest_state_advantages,
+}
 
 
 def zero_spread_rows(advantages: np.ndarray, groups: np.ndarray) -> np.ndarray:

@@ -352,6 +352,8 @@ def _check_arguments(self: "GRPO") -> None:
         raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
     if self.advantage not in ADVANTAGE_MODES:
         raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
+    if self.advantage == "nearest" and isinstance(getattr(self, "observation_space", None), spaces.Dict):
+        raise ValueError("advantage='nearest' compares observations as vectors: it needs a Box observation space")
     if self.group_mode not in GROUP_MODES:
         raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
     if self.branch_interval < 1 or self.lookahead < 0:
@@ -425,8 +427,8 @@ class GRPO(OnPolicyAlgorithm):
         Returns are cut there without a bootstrap: a penalty further ahead is not seen
     :param gamma: Discount factor of the returns that are compared within a group
     :param advantage: ``"timestep"`` (per-timestep group baseline), ``"outcome"`` or ``"process"`` (DeepSeekMath),
-        see the advantage functions. ``None``: ``"timestep"`` in episode mode, ``"outcome"`` (the only one) in
-        state mode
+        or ``"nearest"`` (the nearest states of other episodes), see advantages.py. ``None``: ``"timestep"`` in
+        episode mode, ``"outcome"`` (the only one) in state mode
     :param scale_rewards: Divide by the std of the ``"group"`` (DeepSeekMath), of the whole ``"batch"``, or
         ``"none"`` (Dr. GRPO); ``"timestep"`` divides by the spread of the members' returns, see advantages.py
     :param baseline: What a member is compared with: the group's ``"mean"`` (GRPO) or the mean of the other
@@ -680,7 +682,8 @@ class GRPO(OnPolicyAlgorithm):
     def _compute_advantages(self, buffer: GroupRolloutBuffer) -> None:
         buffer.rewards = batch_rewards(self, buffer)
         batch = (buffer.rewards, buffer.episodes, buffer.episode_groups, self.gamma, self.scale_rewards)
-        advantages, stats = ADVANTAGE_FUNCTIONS[self.advantage](*batch, self.baseline)
+        states = {"observations": buffer.observations} if self.advantage == "nearest" else {}
+        advantages, stats = ADVANTAGE_FUNCTIONS[self.advantage](*batch, self.baseline, **states)
         buffer.advantages = advantages.astype(np.float32)
         if self.advantage == "process" and stats.zero_std_groups == stats.n_groups:
             warn_if_process_is_flat(self, outcome_advantages(*batch)[1])

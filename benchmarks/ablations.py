@@ -64,6 +64,13 @@ CELLS: dict[str, Cell] = {
     "pendulum_scale_none": Cell(
         "grpo", "Pendulum-v1", {"scale_rewards": "none"}, "Pendulum: no std division (Dr. GRPO)", 100_000
     ),
+    "pendulum_nearest": Cell(
+        "grpo", "Pendulum-v1", {"advantage": "nearest"}, "Pendulum: baseline from the 16 nearest states", 100_000
+    ),
+    "acrobot_nearest": Cell(
+        "grpo", "Acrobot-v1", {"advantage": "nearest"}, "Acrobot: baseline from the 16 nearest states", 100_000
+    ),
+    "nearest": Cell("grpo", "CartPole-v1", {"advantage": "nearest"}, "baseline from the 16 nearest states"),
     "pendulum_process": Cell(
         "grpo", "Pendulum-v1", {"advantage": "process"}, "Pendulum: process advantage (step rewards)", 100_000
     ),

@@ -7,7 +7,13 @@ import torch as th
 from stable_baselines3.common.distributions import make_proba_distribution
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox, IdentityEnvMultiBinary, IdentityEnvMultiDiscrete
 
-from advantages import outcome_advantages, process_advantages, timestep_advantages, zero_spread_rows
+from advantages import (
+    nearest_state_advantages,
+    outcome_advantages,
+    process_advantages,
+    timestep_advantages,
+    zero_spread_rows,
+)
 from grpo import GRPO, exact_kl, k3_kl
 from rewards import RewardFunctionWrapper
 
@@ -172,3 +178,47 @@ def test_reward_function_wrapper_gives_the_function_reward_and_keeps_the_episode
     assert 0.1 <= reward <= 1.0 and not terminated and not truncated
     with pytest.raises(ValueError, match="needs a reward function"):
         RewardFunctionWrapper(gym.make("CartPole-v1"), "env")
+
+
+# ------------------------------------------------------------------------------------------- nearest states --
+
+
+def test_nearest_state_baseline_is_the_nearest_steps_of_other_episodes():
+    # Two episodes of 2 steps in one group; episode 1 visits the states of episode 0 in the other order.
+    # Returns-to-go (gamma 1): episode 0 [3, 2], episode 1 [10, 4]. With k=1 each step's baseline is the return-to-go
+    # of the same state in the other episode, never a step of its own episode (which sits at distance 0 too).
+    rewards = np.array([1.0, 2.0, 6.0, 4.0])
+    observations = np.array([[0.0], [1.0], [1.0], [0.0]])
+    adv, stats = nearest_state_advantages(
+        rewards, _episodes(2, 2), np.array([0, 0]), 1.0, "none", observations=observations, k=1
+    )
+    np.testing.assert_allclose(adv, [3 - 4, 2 - 10, 10 - 2, 4 - 3])
+    assert stats == (1, 0)
+    with pytest.raises(ValueError, match="observations"):
+        nearest_state_advantages(rewards, _episodes(2, 2), np.array([0, 0]), 1.0)
+
+
+def test_nearest_state_baseline_ignores_a_constant_shift_of_an_observation_dimension():
+    # Dimensions are standardised over the rollout: the same states in other units give the same advantages.
+    rng = np.random.default_rng(0)
+    rewards, observations = rng.normal(size=40), rng.normal(size=(40, 3))
+    episodes, groups = _episodes(10, 10, 10, 10), np.array([0, 0, 1, 1])
+    plain, _ = nearest_state_advantages(rewards, episodes, groups, 0.9, observations=observations, k=4)
+    scaled, _ = nearest_state_advantages(
+        rewards, episodes, groups, 0.9, observations=observations * [1, 1000, 1] + 5, k=4
+    )
+    np.testing.assert_allclose(plain, scaled, atol=1e-9)
+
+
+def test_nearest_state_advantage_learns_on_box_observations_and_refuses_dict_ones():
+    model = GRPO("MlpPolicy", "Pendulum-v1", advantage="nearest", seed=0, **{**TINY, "n_steps": 200})
+    model.learn(800)
+    assert model._n_updates > 0  # complete groups were compared and trained on
+    with pytest.raises(ValueError, match="Box observation space"):
+        GRPO("MultiInputPolicy", _dict_env(), advantage="nearest")
+
+
+def _dict_env() -> gym.Env:
+    from stable_baselines3.common.envs import SimpleMultiObsEnv
+
+    return SimpleMultiObsEnv(random_start=False)
