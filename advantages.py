@@ -200,11 +200,14 @@ def nearest_state_advantages(
     to_go = discounted_cumsum(rewards, _episode_starts(episodes), gamma)
     flat = observations.reshape(len(observations), -1).astype(np.float64)
     z = (flat - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-8)
-    neighbours = min(k, int(np.sum(episodes != episodes[0])) or 1)
+    # As many neighbours as the longest episode leaves every row outside its own episode.
+    neighbours = max(1, min(k, len(episodes) - int(np.bincount(episodes).max())))
+    squared = (z**2).sum(axis=1)
     base = np.empty(len(z))
     for start in range(0, len(z), _CHUNK_ROWS):
         rows = slice(start, start + _CHUNK_ROWS)
-        distance = ((z[rows, None, :] - z[None, :, :]) ** 2).sum(axis=-1)
+        # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: a chunk x rows matrix, never chunk x rows x observation size
+        distance = squared[rows, None] + squared[None, :] - 2.0 * z[rows] @ z.T
         distance[episodes[rows, None] == episodes[None, :]] = np.inf
         nearest = np.argpartition(distance, neighbours - 1, axis=1)[:, :neighbours]
         base[rows] = to_go[nearest].mean(axis=1)

@@ -198,6 +198,17 @@ def test_nearest_state_baseline_is_the_nearest_steps_of_other_episodes():
         nearest_state_advantages(rewards, _episodes(2, 2), np.array([0, 0]), 1.0)
 
 
+def test_nearest_state_baseline_never_takes_a_step_of_its_own_episode():
+    # Episodes of 1, 5 and 1 steps, k=3: a step of the long episode has only two steps of other episodes, so every
+    # step is compared with its two nearest (here: the two others' mean return-to-go, 1 and 3 -> 2).
+    rewards = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 3.0])
+    observations = np.zeros((7, 1))
+    adv, _ = nearest_state_advantages(
+        rewards, _episodes(1, 5, 1), np.array([0, 0, 0]), 1.0, "none", observations=observations, k=3
+    )
+    np.testing.assert_allclose(adv[1:6], -2.0)
+
+
 def test_nearest_state_baseline_ignores_a_constant_shift_of_an_observation_dimension():
     # Dimensions are standardised over the rollout: the same states in other units give the same advantages.
     rng = np.random.default_rng(0)
