@@ -54,7 +54,7 @@ from benchmarks.hyperparams import (  # the benchmark's settings, re-exported
     ZOO_BUDGETS,
 )
 from benchmarks.report import DEFAULT_MARKDOWN, markers, update_markdown
-from benchmarks.runs import (  # re-exported: the tests and ablations.py use them from here too
+from benchmarks.runs import (
     ALGORITHMS,
     EVAL_EPISODES,
     EVAL_SEED,
@@ -65,7 +65,7 @@ from benchmarks.runs import (  # re-exported: the tests and ablations.py use the
     threshold_point,
     use_one_thread,
 )
-from benchmarks.runs import EvalPoint as EvalPoint
+from benchmarks.runs import EvalPoint as EvalPoint  # re-exported for the tests
 from benchmarks.runs import model_setup as model_setup
 from benchmarks.runs import steps_to_threshold as steps_to_threshold
 
