@@ -98,6 +98,22 @@ def discounted_cumsum(values: np.ndarray, episode_starts: np.ndarray, gamma: flo
     return out
 
 
+# A step's return-to-go counts as cut short by a time limit when the discount on the first reward it misses,
+# gamma^(steps to the cut), is at least this: with gamma 0.9 the last 22 steps, with 0.99 the last 230.
+TRUNCATION_TOLERANCE = 0.1
+
+
+def truncated_tail(
+    episodes: np.ndarray, truncated: np.ndarray, gamma: float, tolerance: float = TRUNCATION_TOLERANCE
+) -> np.ndarray:
+    """The rows whose return-to-go a time limit cut short: the last steps of each episode in ``truncated`` (one
+    flag per episode), those for which ``gamma^(steps to the cut) >= tolerance``; every step of a truncated
+    episode when ``gamma`` is 1 (as DAPO's overlong filtering masks a truncated sample whole). Their returns-to-go
+    say "the episode ended here" where it did not, the bias that PPO's time-limit bootstrap removes."""
+    to_cut = np.bincount(episodes)[episodes] - _steps_in_episode(_episode_starts(episodes))  # 1 at the last step
+    return truncated[episodes] & (gamma ** to_cut.astype(np.float64) >= tolerance)
+
+
 def outcome_advantages(
     rewards: np.ndarray,
     episodes: np.ndarray,
@@ -186,6 +202,7 @@ def nearest_state_advantages(
     baseline: str = "mean",
     observations: np.ndarray | None = None,
     k: int = NEAREST_STATES,
+    exclude: np.ndarray | None = None,
 ) -> tuple[np.ndarray, GroupStats]:
     """Per-state baseline without a critic: a step's discounted return-to-go minus the mean return-to-go of the
     ``k`` steps of *other* episodes in the rollout whose observations are nearest (Euclidean, each dimension
@@ -194,21 +211,27 @@ def nearest_state_advantages(
     timestep baseline compares different states at the same step index, and this compares like with like
     (issue 12: Pendulum reaches -200 in about PPO's steps, docs/benchmarks.md). ``baseline`` changes nothing here
     (a step is never its own neighbour's episode); ``scale_rewards`` divides by the std of the group's residuals,
-    of the rollout's, or not at all. Costs rows^2 x observation size per rollout, in chunks of rows."""
+    of the rollout's, or not at all. ``exclude``: rows never taken as a neighbour (returns-to-go a time limit cut
+    short, :func:`truncated_tail`), unless too few rows would be left. Costs rows^2 x observation size per
+    rollout, in chunks of rows."""
     if observations is None:
         raise ValueError("nearest_state_advantages needs the rollout's observations")
     to_go = discounted_cumsum(rewards, _episode_starts(episodes), gamma)
     flat = observations.reshape(len(observations), -1).astype(np.float64)
     z = (flat - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-8)
-    # As many neighbours as the longest episode leaves every row outside its own episode.
-    neighbours = max(1, min(k, len(episodes) - int(np.bincount(episodes).max())))
+    candidate = np.ones(len(episodes), dtype=bool) if exclude is None else ~exclude
+    # As many neighbours as every row finds among the candidates outside its own episode.
+    spare = int(candidate.sum()) - int(np.bincount(episodes, weights=candidate).max())
+    if spare < 1:  # the excluded rows are all there is: better their returns than none
+        candidate, spare = np.ones(len(episodes), dtype=bool), len(episodes) - int(np.bincount(episodes).max())
+    neighbours = max(1, min(k, spare))
     squared = (z**2).sum(axis=1)
     base = np.empty(len(z))
     for start in range(0, len(z), _CHUNK_ROWS):
         rows = slice(start, start + _CHUNK_ROWS)
         # |a - b|^2 = |a|^2 + |b|^2 - 2 a.b: a chunk x rows matrix, never chunk x rows x observation size
         distance = squared[rows, None] + squared[None, :] - 2.0 * z[rows] @ z.T
-        distance[episodes[rows, None] == episodes[None, :]] = np.inf
+        distance[(episodes[rows, None] == episodes[None, :]) | ~candidate[None, :]] = np.inf
         nearest = np.argpartition(distance, neighbours - 1, axis=1)[:, :neighbours]
         base[rows] = to_go[nearest].mean(axis=1)
     residual = to_go - base

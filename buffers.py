@@ -80,6 +80,7 @@ class GroupRolloutBuffer(RolloutBuffer):
         self.policy_versions = np.zeros(0, dtype=np.int64)
         self.episodes = np.zeros(0, dtype=np.int64)
         self.episode_groups = np.zeros(0, dtype=np.int64)
+        self.truncated = np.zeros(0, dtype=bool)  # per released episode: cut by a time limit, not ended
         self.trainable = np.zeros(0, dtype=bool)
         self.full = False
         self.generator_ready = False
@@ -94,6 +95,7 @@ class GroupRolloutBuffer(RolloutBuffer):
         self._group_members: dict[int, int] = {}
         self._group_done: dict[int, int] = {}
         self._group_steps: dict[int, int] = {}
+        self._truncated: set[int] = set()  # finished episodes a time limit cut short
         self._next_branch_group = -1  # branch groups count down from -1, episode groups up from 0
         self.ready_steps = 0
 
@@ -179,8 +181,18 @@ class GroupRolloutBuffer(RolloutBuffer):
         for key, value in chunk.items():
             self._chunks[key].append(value)
 
-    def finish_episode(self, slot: int) -> None:
-        self.finish_episodes([int(self._slot_episode[slot])])
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # Checkpoints written before time-limit truncations were recorded have no record of them.
+        state.setdefault("_truncated", set())
+        state.setdefault("truncated", np.zeros(len(state.get("episode_groups", ())), dtype=bool))
+        self.__dict__.update(state)
+
+    def finish_episode(self, slot: int, truncated: bool = False) -> None:
+        """The slot's episode ended; ``truncated``: a time limit cut it (its last returns-to-go are cut short)."""
+        episode = int(self._slot_episode[slot])
+        if truncated:
+            self._truncated.add(episode)
+        self.finish_episodes([episode])
 
     def finish_episodes(self, episodes: Sequence[int] | np.ndarray) -> None:
         for episode in episodes:
@@ -219,8 +231,10 @@ class GroupRolloutBuffer(RolloutBuffer):
         _, self.episodes = np.unique(take["episodes"], return_inverse=True)
         released_episodes = np.unique(take["episodes"])
         _, self.episode_groups = np.unique([self._episode_group[e] for e in released_episodes], return_inverse=True)
+        self.truncated = np.isin(released_episodes, list(self._truncated))
         for episode in released_episodes:
             del self._episode_group[episode], self._episode_length[episode]
+            self._truncated.discard(episode)
         for group in complete:
             del self._group_members[group], self._group_done[group], self._group_steps[group]
         self.ready_steps = 0

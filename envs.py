@@ -487,7 +487,7 @@ class EpisodeGroupMode(GroupMode):
             next_obs = env_observations(env, true_next_obs(new_obs, dones, infos))
         buffer.add(model._last_obs, actions, rewards, log_probs, env_obs, next_obs)  # type: ignore[arg-type]
         for slot in np.flatnonzero(dones):
-            buffer.finish_episode(slot)
+            buffer.finish_episode(slot, truncated=bool(infos[slot].get("TimeLimit.truncated", False)))
             self._start_episode(env, slot)
 
     def rollout_full(self, n_steps: int, n_rollout_steps: int) -> bool:

@@ -51,11 +51,12 @@ from advantages import (
     outcome_advantages,
     process_advantages,
     timestep_advantages,
+    truncated_tail,
     zero_spread_rows,
 )
 from buffers import GroupRolloutBuffer
 from envs import EpisodeGroupMode, GroupMode, GroupResetWrapper, Observation, StateGroupMode, env_observations
-from rewards import get_reward_function
+from rewards import reward_functions, score_transitions
 
 __all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imported from here as well
     "ADVANTAGE_MODES",
@@ -256,58 +257,6 @@ def minibatch_loss(model: "GRPO", batch: Any, clip_low: float, clip_high: float)
 # --------------------------------------------------------------------------------------------------------------
 
 
-def _same_device(a: th.device, b: th.device) -> bool:
-    # th.device("cuda") and th.device("cuda:0") name the same card
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
-def reward_functions(reward_function: Any) -> list[RewardFunction]:
-    """GRPO's ``reward_function`` argument as a list of callables (registry names looked up)."""
-    if reward_function is None:
-        return []
-    single = callable(reward_function) or isinstance(reward_function, str)
-    entries = [reward_function] if single else list(reward_function)
-    functions = [get_reward_function(entry) if isinstance(entry, str) else entry for entry in entries]
-    return [fn for fn in functions if fn is not None]  # the registry's "env": the environment's own reward
-
-
-def score_transitions(
-    functions: Sequence[RewardFunction],
-    weights: Sequence[float] | None,
-    state: th.Tensor | TensorDict,
-    action: th.Tensor,
-    next_state: th.Tensor | TensorDict,
-) -> th.Tensor:
-    """The weighted sum of the reward functions, each called once on the whole batch (float64, shape [batch])."""
-    batch = len(action)
-    total = th.zeros(batch, device=action.device, dtype=th.float64)
-    with th.no_grad():
-        for fn, weight in zip(functions, weights or [1.0] * len(functions), strict=True):
-            total += weight * _checked_reward(fn, fn(state, action, next_state), batch, action.device)
-    return total
-
-
-def _checked_reward(fn: RewardFunction, reward: Any, batch: int, device: th.device) -> th.Tensor:
-    name = getattr(fn, "__name__", repr(fn))
-    if not isinstance(reward, th.Tensor):
-        raise ValueError(f"reward function {name!r} returned {type(reward).__name__}, expected a torch.Tensor")
-    if tuple(reward.shape) not in ((batch, 1), (batch,)):
-        raise ValueError(
-            f"reward function {name!r} returned shape {tuple(reward.shape)}, expected ({batch}, 1) "
-            "(one reward per transition)"
-        )
-    if not reward.is_floating_point():
-        raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
-    if not _same_device(reward.device, device):
-        raise ValueError(
-            f"reward function {name!r} returned a tensor on {reward.device}, expected {device} "
-            "(build it from the inputs, which are already there)"
-        )
-    if not th.isfinite(reward).all():
-        raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
-    return reward.reshape(batch).to(th.float64)
-
-
 def batch_rewards(model: "GRPO", buffer: GroupRolloutBuffer) -> np.ndarray:
     """Per-step rewards of the batch: the env's, or the reward functions' in one batched call each."""
     functions = reward_functions(model.reward_function)
@@ -335,6 +284,28 @@ def warn_if_process_is_flat(model: "GRPO", outcome: Any) -> None:
             "advantage='timestep' or 'outcome', which compare returns.",
             stacklevel=3,
         )
+
+
+def compute_advantages(model: "GRPO", buffer: GroupRolloutBuffer) -> None:
+    """Score the released groups and fill in their advantages; rows that cannot teach anything leave training."""
+    buffer.rewards = batch_rewards(model, buffer)
+    batch = (buffer.rewards, buffer.episodes, buffer.episode_groups, model.gamma, model.scale_rewards)
+    cut = truncated_tail(buffer.episodes, buffer.truncated, model.gamma) if model.mask_truncated else None
+    states = {"observations": buffer.observations, "exclude": cut} if model.advantage == "nearest" else {}
+    advantages, stats = ADVANTAGE_FUNCTIONS[model.advantage](*batch, model.baseline, **states)
+    buffer.advantages = advantages.astype(np.float32)
+    if model.advantage == "process" and stats.zero_std_groups == stats.n_groups:
+        warn_if_process_is_flat(model, outcome_advantages(*batch)[1])
+    if cut is not None:
+        model.logger.record("rollout/truncated_rows", int((cut & buffer.trainable).sum()))
+        buffer.trainable &= ~cut
+    if model.dynamic_sampling:
+        dropped = zero_spread_rows(advantages, buffer.episode_groups[buffer.episodes]) & buffer.trainable
+        buffer.trainable &= ~dropped
+        model.logger.record("rollout/dropped_rows", int(dropped.sum()))
+    if model.ref_policy is not None:
+        buffer.ref_log_probs = buffer.log_probs_under(model.ref_policy, model._policy_actions)
+    record_groups(model.logger, stats, buffer)
 
 
 def record_groups(logger: Logger, stats: GroupStats, buffer: GroupRolloutBuffer) -> None:
@@ -437,6 +408,9 @@ class GRPO(OnPolicyAlgorithm):
         (DAPO), so that they do not dilute the mini-batch means
     :param proximal_policy: Centre the clip on the policy as the update starts, not on each row's behaviour
         policy (decoupled PPO, https://arxiv.org/abs/2110.00641); ``approx_kl`` is measured against it either way
+    :param mask_truncated: Leave out of training the last steps of episodes a time limit cut short, whose
+        returns-to-go miss what came after the cut (``advantages.truncated_tail``); ``"nearest"`` never takes them
+        as neighbours either
     :param clip_range: Clipping parameter, it can be a function of the current progress remaining (from 1 to 0)
     :param clip_range_high: Upper clipping parameter (DAPO clip-higher); ``None``: same as ``clip_range``
     :param beta: Coefficient of the k3 KL penalty against the reference policy; 0 skips the reference entirely
@@ -486,6 +460,7 @@ class GRPO(OnPolicyAlgorithm):
         baseline: str = "mean",
         dynamic_sampling: bool = False,
         proximal_policy: bool = False,
+        mask_truncated: bool = False,
         clip_range: float | Schedule = 0.2,
         clip_range_high: float | Schedule | None = None,
         beta: float = 0.0,
@@ -537,6 +512,7 @@ class GRPO(OnPolicyAlgorithm):
         self.baseline = baseline
         self.dynamic_sampling = dynamic_sampling
         self.proximal_policy = proximal_policy
+        self.mask_truncated = mask_truncated
         self.clip_range = clip_range
         self.clip_range_high = clip_range_high
         self.beta = beta
@@ -662,7 +638,7 @@ class GRPO(OnPolicyAlgorithm):
 
         rollout_buffer.release_complete_groups()
         if rollout_buffer.size:
-            self._compute_advantages(rollout_buffer)
+            compute_advantages(self, rollout_buffer)
         if self.group_mode == "state":
             self.logger.record("rollout/branch_steps", self.num_branch_steps)
 
@@ -678,22 +654,6 @@ class GRPO(OnPolicyAlgorithm):
                 return self.policy.unscale_action(actions)
             return np.clip(actions, self.action_space.low, self.action_space.high)
         return actions
-
-    def _compute_advantages(self, buffer: GroupRolloutBuffer) -> None:
-        buffer.rewards = batch_rewards(self, buffer)
-        batch = (buffer.rewards, buffer.episodes, buffer.episode_groups, self.gamma, self.scale_rewards)
-        states = {"observations": buffer.observations} if self.advantage == "nearest" else {}
-        advantages, stats = ADVANTAGE_FUNCTIONS[self.advantage](*batch, self.baseline, **states)
-        buffer.advantages = advantages.astype(np.float32)
-        if self.advantage == "process" and stats.zero_std_groups == stats.n_groups:
-            warn_if_process_is_flat(self, outcome_advantages(*batch)[1])
-        if self.dynamic_sampling:
-            dropped = zero_spread_rows(advantages, buffer.episode_groups[buffer.episodes]) & buffer.trainable
-            buffer.trainable &= ~dropped
-            self.logger.record("rollout/dropped_rows", int(dropped.sum()))
-        if self.ref_policy is not None:
-            buffer.ref_log_probs = buffer.log_probs_under(self.ref_policy, self._policy_actions)
-        record_groups(self.logger, stats, buffer)
 
     def _policy_actions(self, actions: th.Tensor) -> th.Tensor:
         if isinstance(self.action_space, spaces.Discrete):

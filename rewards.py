@@ -16,7 +16,7 @@ passed to GRPO directly; it then fits every observation shape and its docstring 
 """
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -136,6 +136,58 @@ def get_reward_function(name: str) -> RewardFunction | None:
             f"{', '.join(repr(key) for key in REWARD_FUNCTIONS)} (rewards.REWARD_FUNCTIONS)"
         )
     return REWARD_FUNCTIONS[name]
+
+
+def _same_device(a: th.device, b: th.device) -> bool:
+    # th.device("cuda") and th.device("cuda:0") name the same card
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def reward_functions(reward_function: Any) -> list[RewardFunction]:
+    """GRPO's ``reward_function`` argument as a list of callables (registry names looked up)."""
+    if reward_function is None:
+        return []
+    single = callable(reward_function) or isinstance(reward_function, str)
+    entries = [reward_function] if single else list(reward_function)
+    functions = [get_reward_function(entry) if isinstance(entry, str) else entry for entry in entries]
+    return [fn for fn in functions if fn is not None]  # the registry's "env": the environment's own reward
+
+
+def score_transitions(
+    functions: Sequence[RewardFunction],
+    weights: Sequence[float] | None,
+    state: Any,
+    action: th.Tensor,
+    next_state: Any,
+) -> th.Tensor:
+    """The weighted sum of the reward functions, each called once on the whole batch (float64, shape [batch])."""
+    batch = len(action)
+    total = th.zeros(batch, device=action.device, dtype=th.float64)
+    with th.no_grad():
+        for fn, weight in zip(functions, weights or [1.0] * len(functions), strict=True):
+            total += weight * _checked_reward(fn, fn(state, action, next_state), batch, action.device)
+    return total
+
+
+def _checked_reward(fn: RewardFunction, reward: Any, batch: int, device: th.device) -> th.Tensor:
+    name = getattr(fn, "__name__", repr(fn))
+    if not isinstance(reward, th.Tensor):
+        raise ValueError(f"reward function {name!r} returned {type(reward).__name__}, expected a torch.Tensor")
+    if tuple(reward.shape) not in ((batch, 1), (batch,)):
+        raise ValueError(
+            f"reward function {name!r} returned shape {tuple(reward.shape)}, expected ({batch}, 1) "
+            "(one reward per transition)"
+        )
+    if not reward.is_floating_point():
+        raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
+    if not _same_device(reward.device, device):
+        raise ValueError(
+            f"reward function {name!r} returned a tensor on {reward.device}, expected {device} "
+            "(build it from the inputs, which are already there)"
+        )
+    if not th.isfinite(reward).all():
+        raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
+    return reward.reshape(batch).to(th.float64)
 
 
 class RewardFunctionWrapper(gym.Wrapper):

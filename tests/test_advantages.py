@@ -4,7 +4,9 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch as th
+from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.distributions import make_proba_distribution
+from stable_baselines3.common.env_util import make_vec_env
 from stable_baselines3.common.envs import IdentityEnv, IdentityEnvBox, IdentityEnvMultiBinary, IdentityEnvMultiDiscrete
 
 from advantages import (
@@ -12,6 +14,7 @@ from advantages import (
     outcome_advantages,
     process_advantages,
     timestep_advantages,
+    truncated_tail,
     zero_spread_rows,
 )
 from grpo import GRPO, exact_kl, k3_kl
@@ -233,3 +236,59 @@ def _dict_env() -> gym.Env:
     from stable_baselines3.common.envs import SimpleMultiObsEnv
 
     return SimpleMultiObsEnv(random_start=False)
+
+
+def test_truncated_tail_is_the_steps_whose_return_the_time_limit_cut():
+    episodes = _episodes(5, 3)
+    # gamma 0.5: the cut hides 0.5^k of the next reward, k steps on; at least 0.1 for k <= 3 (0.5, 0.25, 0.125)
+    np.testing.assert_array_equal(truncated_tail(episodes, np.array([True, False]), 0.5), [0, 0, 1, 1, 1, 0, 0, 0])
+    # undiscounted: every return-to-go of a truncated episode misses the rest, as DAPO masks a cut sample whole
+    np.testing.assert_array_equal(truncated_tail(episodes, np.array([False, True]), 1.0), [0, 0, 0, 0, 0, 1, 1, 1])
+
+
+def test_nearest_state_baseline_skips_excluded_rows_unless_nothing_else_is_left():
+    # One step per episode: episode 2's state lies nearest to episode 0's, but its return was cut short.
+    rewards, observations = np.array([1.0, 2.0, 10.0]), np.array([[0.0], [0.1], [0.05]])
+    args = (rewards, _episodes(1, 1, 1), np.zeros(3, dtype=int), 0.9, "none")
+    near = {"observations": observations, "k": 1}
+    assert nearest_state_advantages(*args, **near)[0][0] == pytest.approx(1.0 - 10.0)
+    excluded = nearest_state_advantages(*args, **near, exclude=np.array([False, False, True]))[0]
+    assert excluded[0] == pytest.approx(1.0 - 2.0)
+    everything = nearest_state_advantages(*args, **near, exclude=np.ones(3, dtype=bool))[0]
+    np.testing.assert_allclose(everything, nearest_state_advantages(*args, **near)[0])
+
+
+class Batches(BaseCallback):
+    """Each rollout's (truncated episodes, trainable rows), as train() is about to see them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        buffer = self.model.rollout_buffer
+        if buffer.size:
+            self.seen.append((buffer.truncated.copy(), buffer.trainable.copy()))
+
+
+@pytest.mark.parametrize("advantage", ["timestep", "nearest"])
+def test_mask_truncated_leaves_the_cut_tails_out_of_training(advantage):
+    # Pendulum only ever ends at its time limit: 8 steps here, so with gamma 0.5 each episode's last 3 steps go.
+    env = make_vec_env("Pendulum-v1", n_envs=2, seed=0, env_kwargs={"max_episode_steps": 8})
+    settings = {**TINY, "n_steps": 8, "gamma": 0.5, "advantage": advantage}
+    for mask, kept in ((True, [1, 1, 1, 1, 1, 0, 0, 0]), (False, [1] * 8)):
+        batches = Batches()
+        GRPO("MlpPolicy", env, mask_truncated=mask, seed=0, **settings).learn(48, callback=batches)
+        assert len(batches.seen) == 3
+        for truncated, trainable in batches.seen:
+            assert truncated.all()
+            np.testing.assert_array_equal(trainable, np.tile(kept, len(truncated)).astype(bool))
+
+
+def test_episodes_that_end_by_themselves_are_not_truncated():
+    batches = Batches()
+    GRPO("MlpPolicy", "CartPole-v1", mask_truncated=True, seed=0, **TINY).learn(300, callback=batches)
+    assert batches.seen and all(not truncated.any() and trainable.all() for truncated, trainable in batches.seen)
