@@ -67,6 +67,27 @@ CELLS: dict[str, Cell] = {
     "pendulum_nearest": Cell(
         "grpo", "Pendulum-v1", {"advantage": "nearest"}, "Pendulum: baseline from the 16 nearest states", 100_000
     ),
+    "pendulum_n_steps_512": Cell(
+        "grpo", "Pendulum-v1", {"n_steps": 512}, "Pendulum: an update per 2,048 steps, not 4,096", 100_000
+    ),
+    "pendulum_nearest_group_4": Cell("grpo", "Pendulum-v1", {"group_size": 4}, "Pendulum: groups of 4", 100_000),
+    "pendulum_n_steps_512_group_4": Cell(
+        "grpo", "Pendulum-v1", {"n_steps": 512, "group_size": 4}, "Pendulum: both of the above", 100_000
+    ),
+    "pendulum_n_steps_256_group_4": Cell(
+        "grpo",
+        "Pendulum-v1",
+        {"n_steps": 256, "group_size": 4},
+        "Pendulum: an update per 1,024 steps, groups of 4",
+        100_000,
+    ),
+    "pendulum_mask_truncated": Cell(
+        "grpo", "Pendulum-v1", {"mask_truncated": True}, "Pendulum: the time limit's tails masked", 100_000
+    ),
+    "mask_truncated": Cell("grpo", "CartPole-v1", {"mask_truncated": True}, "the time limit's tails masked"),
+    "acrobot_mask_truncated": Cell(
+        "grpo", "Acrobot-v1", {"mask_truncated": True}, "Acrobot: the time limit's tails masked", 100_000
+    ),
     "acrobot_nearest": Cell(
         "grpo", "Acrobot-v1", {"advantage": "nearest"}, "Acrobot: baseline from the 16 nearest states", 100_000
     ),

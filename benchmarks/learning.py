@@ -201,7 +201,8 @@ def git_revision() -> str:
 def write_points_csv(results: Sequence[RunResult], path: Path) -> None:
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["algo", "env", "seed", "timesteps", "mean_return", "std_return", "branch_steps"])
+        header = ["algo", "env", "seed", "timesteps", "mean_return", "std_return", "branch_steps", "train_return"]
+        writer.writerow(header)
         for run in results:
             for point in run.points:
                 writer.writerow(
@@ -213,6 +214,7 @@ def write_points_csv(results: Sequence[RunResult], path: Path) -> None:
                         point.mean_return,
                         point.std_return,
                         point.branch_steps,
+                        point.train_return,
                     ]
                 )
 

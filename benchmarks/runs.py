@@ -11,6 +11,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch as th
 from stable_baselines3 import PPO
 from stable_baselines3.common.base_class import BaseAlgorithm
@@ -96,6 +97,9 @@ class EvalPoint:
     mean_return: float
     std_return: float
     branch_steps: int = 0  # env steps taken in branches so far (GRPO's state mode), never in timesteps
+    # Mean return of the last (up to 100) training episodes, as sampled: NaN before one ended. Beside the
+    # deterministic eval it tells "never explored a success" from "found one, not learned yet".
+    train_return: float = math.nan
 
 
 @dataclass
@@ -152,7 +156,9 @@ class IntervalEvaluation(BaseCallback):
         self.eval_env.seed(EVAL_SEED)  # one episode per eval env: episode i always starts from EVAL_SEED + i
         mean, std = evaluate_policy(self.model, self.eval_env, n_eval_episodes=EVAL_EPISODES, deterministic=True)
         branch_steps = getattr(self.model, "num_branch_steps", 0)
-        self.points.append(EvalPoint(mark, float(mean), float(std), branch_steps))
+        episodes = [episode["r"] for episode in self.model.ep_info_buffer or []]
+        train_return = float(np.mean(episodes)) if episodes else math.nan
+        self.points.append(EvalPoint(mark, float(mean), float(std), branch_steps, train_return))
         self.seconds += time.perf_counter() - start
 
 

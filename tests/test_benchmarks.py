@@ -1,6 +1,7 @@
 import csv
 import importlib.util
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def test_quick_benchmark_writes_every_output(learning, tmp_path):
         # both algorithms are evaluated at the same marks, whatever their rollout lengths
         assert [int(row["timesteps"]) for row in points] == [0, 1_000, 2_000]
         assert all(0 < float(row["mean_return"]) <= 500 for row in points)  # CartPole's possible returns
+        # the sampled training episodes' mean: none ended before the first eval, some by the last
+        assert math.isnan(float(points[0]["train_return"])) and 8 <= float(points[-1]["train_return"]) <= 500
 
     summary = json.loads((tmp_path / "learning_summary.json").read_text())
     assert set(summary["envs"]["CartPole-v1"]["targets_met"]) == {"steps", "final", "speed"}
