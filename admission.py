@@ -16,6 +16,7 @@ from stable_baselines3.common.preprocessing import is_image_space
 
 from envs import check_forkable
 from errors import InvalidTrainingRequest, JobNotResumable
+from grpo import check_arguments
 from presets import Preset
 from records import JobRecord
 from rewards import REWARD_FUNCTIONS, fits
@@ -25,6 +26,7 @@ from training import (
     EnvironmentProbe,
     TrainingConfig,
     TrainingSettings,
+    constructor_arguments,
     default_group_size,
     default_policy,
     environment_spaces,
@@ -112,6 +114,15 @@ def _check_policy(policy: str, observation_space: spaces.Space) -> None:
         raise InvalidTrainingRequest(f"MultiInputPolicy is for Dict observations; {observation_space} is not one")
 
 
+def _check_algorithm(config: TrainingConfig, probe: EnvironmentProbe) -> None:
+    """GRPO's own checks of the settings (advantage 'nearest' on Dict observations, branch_on 'entropy' on Box
+    actions, ...) on the environment's spaces, before the job is queued."""
+    try:
+        check_arguments(probe.observation_space, probe.action_space, **constructor_arguments(config))
+    except ValueError as error:
+        raise InvalidTrainingRequest(str(error)) from None
+
+
 def _check_branching(config: TrainingConfig) -> None:
     """State mode forks the environments at the states it branches from: refuse, before any job starts, what it
     could not fork (GRPO's own check, on one environment of the job's kind)."""
@@ -177,6 +188,7 @@ def job_config(
         config.policy = default_policy(observation_space)
     _check_policy(config.policy, observation_space)
     _check_reward_function(config.reward_function_type, observation_space)
+    _check_algorithm(config, probe)
     _check_branching(config)
     _check_rollout_memory(config, probe, settings)
     return config, _check_one_group_fits(config, probe) + _check_batch_size(config, probe)

@@ -9,6 +9,7 @@
 - Observations: as the policy sees them (through the VecEnv wrappers) or as the environment made them.
 """
 
+import collections
 import copy
 from collections.abc import Callable, Generator, Sequence
 from contextlib import contextmanager
@@ -526,11 +527,15 @@ class StateGroupMode(GroupMode):
     """``group_mode="state"``: a group is the actions tried from one state of the real trajectory, each in its
     own fork of the env; the real steps are not trained on, and a rollout is ``n_steps`` real steps, as in PPO."""
 
+    # branch_on="entropy" ranks a state's policy entropy among this many recent states' (all slots).
+    ENTROPY_WINDOW = 1024
+
     def __init__(self, model: "GRPO"):
         super().__init__(model)
         # Branch actions and lookaheads draw from their own stream, never the real trajectory's.
         self.rng = np.random.default_rng(None if model.seed is None else [model.seed, 1])
         self.slot_steps = np.zeros(model.n_envs, dtype=np.int64)  # real steps into each slot's episode
+        self.recent_entropies: collections.deque[float] = collections.deque(maxlen=self.ENTROPY_WINDOW)
 
     def prepare_env(self, env: VecEnv) -> None:
         check_forkable(env)
@@ -541,7 +546,22 @@ class StateGroupMode(GroupMode):
 
     def before_step(self, env: VecEnv) -> None:
         # Fork the due slots before the real step moves them on.
-        self._branch(env, np.flatnonzero(self.slot_steps % self.model.branch_interval == 0))
+        self._branch(env, self._due_slots())
+
+    def _due_slots(self) -> np.ndarray:
+        """Every ``branch_interval``-th state of each slot's episode, or (``branch_on="entropy"``) the states
+        where the policy is least sure: entropy in the top ``1 / branch_interval`` of the recent states', the
+        same budget spent where the tried actions are likeliest to differ (TRL's ``top_entropy_quantile``)."""
+        model = self.model
+        if model.branch_on == "interval":
+            return np.flatnonzero(self.slot_steps % model.branch_interval == 0)
+        with th.no_grad():
+            obs = obs_as_tensor(model._last_obs, model.device)  # type: ignore[arg-type]
+            entropy = model.policy.get_distribution(obs).entropy().cpu().numpy().reshape(-1)
+        self.recent_entropies.extend(entropy.tolist())
+        threshold = np.quantile(np.fromiter(self.recent_entropies, float), 1.0 - 1.0 / model.branch_interval)
+        # Strictly above: a policy sure everywhere (equal entropies) is not branched everywhere.
+        return np.flatnonzero(entropy > threshold)
 
     def record_step(
         self,

@@ -9,8 +9,10 @@ environment. The environment side (group-reset wrapper, forks) lives in ``envs.p
 """
 
 import copy
+import inspect
 import warnings
 from collections.abc import Callable, Sequence
+from types import SimpleNamespace
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
 import numpy as np
@@ -80,6 +82,7 @@ SelfGRPO = TypeVar("SelfGRPO", bound="GRPO")
 RewardFunction = Callable[[Any, th.Tensor, Any], th.Tensor]
 
 GROUP_MODES = ("episode", "state")
+BRANCH_ON = ("interval", "entropy")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -332,6 +335,13 @@ def _check_arguments(self: "GRPO") -> None:
             f"branch_interval must be positive and lookahead non-negative, got {self.branch_interval} "
             f"and {self.lookahead}"
         )
+    if self.branch_on not in BRANCH_ON:
+        raise ValueError(f"branch_on must be one of {BRANCH_ON}, got {self.branch_on!r}")
+    if self.branch_on == "entropy" and isinstance(getattr(self, "action_space", None), spaces.Box):
+        raise ValueError(
+            "branch_on='entropy' ranks states by the policy's entropy, which for Box actions (a Gaussian with "
+            "a learned, state-independent std) is the same everywhere: use branch_on='interval'"
+        )
     if self.group_mode == "state" and self.advantage != "outcome":
         raise ValueError(
             f"group_mode='state' judges each tried action by its branch's return (advantage='outcome'), "
@@ -358,6 +368,20 @@ def _check_arguments(self: "GRPO") -> None:
             raise ValueError(f"reward_function entries must be callable or registry names, got {fn!r}")
     if self.reward_weights is not None and len(self.reward_weights) != len(functions):
         raise ValueError(f"reward_weights has {len(self.reward_weights)} entries for {len(functions)} reward functions")
+
+
+def check_arguments(observation_space: spaces.Space, action_space: spaces.Space, **kwargs: Any) -> None:
+    """GRPO's checks of its constructor arguments ``kwargs`` on these spaces, without building anything: the
+    service runs them before a job is queued, so a bad combination is a 400 instead of a failed job."""
+    signature = inspect.signature(GRPO.__init__).parameters.values()
+    values = {p.name: p.default for p in signature if p.default is not p.empty} | kwargs
+    values["advantage"] = values["advantage"] or default_advantage(values["group_mode"])
+    _check_arguments(SimpleNamespace(observation_space=observation_space, action_space=action_space, **values))  # type: ignore[arg-type]
+
+
+def default_advantage(group_mode: str) -> str:
+    # Branches are judged by their outcome, the only mode there is in state mode.
+    return "outcome" if group_mode == "state" else "timestep"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -393,6 +417,9 @@ class GRPO(OnPolicyAlgorithm):
         action, rows weighted alike: an ascent direction, not the policy gradient (which weights them by pi(a|s))
     :param branch_interval: State mode: branch at every this many-th state of each slot's episode (from its
         first state); 4 costs CartPole a fifth of the env steps of every state (docs/benchmarks.md)
+    :param branch_on: State mode: ``"interval"`` (every ``branch_interval``-th state) or ``"entropy"`` (as many
+        states, those where the policy's entropy ranks in the top ``1 / branch_interval`` of recent states';
+        Discrete, MultiDiscrete and MultiBinary actions)
     :param lookahead: State mode: steps each branch follows the current policy after its tried action (fewer if
         it ends); at least 1 in physical control, where an action moves positions only a step later (README).
         Returns are cut there without a bootstrap: a penalty further ahead is not seen
@@ -453,6 +480,7 @@ class GRPO(OnPolicyAlgorithm):
         group_size: int = 16,
         group_mode: str = "episode",
         branch_interval: int = 4,
+        branch_on: str = "interval",
         lookahead: int = 2,
         gamma: float = 0.99,
         advantage: str | None = None,
@@ -506,8 +534,9 @@ class GRPO(OnPolicyAlgorithm):
         self.group_size = group_size
         self.group_mode = group_mode
         self.branch_interval = branch_interval
+        self.branch_on = branch_on
         self.lookahead = lookahead
-        self.advantage = advantage or ("outcome" if group_mode == "state" else "timestep")
+        self.advantage = advantage or default_advantage(group_mode)
         self.scale_rewards = scale_rewards
         self.baseline = baseline
         self.dynamic_sampling = dynamic_sampling

@@ -54,7 +54,9 @@ GRPO_ARGUMENTS = frozenset(
         "target_kl",
         "group_mode",
         "branch_interval",
+        "branch_on",
         "lookahead",
+        "mask_truncated",
         "use_sde",
         "sde_sample_freq",
         "ref_update_interval",
@@ -182,6 +184,16 @@ class TrainingSettings(BaseModel):
     branch_interval: int | None = Field(None, ge=1, le=10_000, description="State mode: branch every this many states")
     lookahead: int | None = Field(
         None, ge=0, le=1_000, description="State mode: steps each branch follows the policy after its tried action"
+    )
+    branch_on: Literal["interval", "entropy"] | None = Field(
+        None,
+        description="State mode: branch at every branch_interval-th state ('interval'), or at as many states, "
+        "those where the policy is least sure ('entropy'; not for Box actions)",
+    )
+    mask_truncated: bool | None = Field(
+        None,
+        description="Leave out of training the last steps of episodes a time limit cut short, whose returns miss "
+        "what came after the cut (Pendulum's preset)",
     )
     use_sde: bool | None = Field(None, description="Generalized State-Dependent Exploration (Box actions)")
     sde_sample_freq: int | None = Field(None, ge=-1, le=100_000, description="gSDE: new noise every this many steps")
@@ -396,7 +408,7 @@ def normalize_options(config: TrainingConfig) -> dict[str, Any] | None:
     return presets.normalize_options(options, config.gamma)
 
 
-def _constructor_arguments(config: TrainingConfig) -> dict[str, Any]:
+def constructor_arguments(config: TrainingConfig) -> dict[str, Any]:
     """What GRPO's constructor (or ``GRPO.load``, for a model to go on from) gets from the config."""
     kwargs = presets.algorithm_kwargs(
         {
@@ -425,7 +437,7 @@ def build_model(
     zip, normalisation statistics included) with the job's settings; SB3 writes TensorBoard logs to
     ``tensorboard_log``."""
     if init is not None:
-        return load_checkpoint(config, io.BytesIO(init), device, tensorboard_log, **_constructor_arguments(config))
+        return load_checkpoint(config, io.BytesIO(init), device, tensorboard_log, **constructor_arguments(config))
     env = make_environments(config)
     try:
         return GRPO(
@@ -435,7 +447,7 @@ def build_model(
             seed=config.seed,
             device=device,
             tensorboard_log=str(tensorboard_log) if tensorboard_log is not None else None,
-            **_constructor_arguments(config),
+            **constructor_arguments(config),
         )
     except BaseException:
         env.close()  # a subproc env's worker processes would outlive the failed job

@@ -88,6 +88,26 @@ CELLS: dict[str, Cell] = {
     "acrobot_mask_truncated": Cell(
         "grpo", "Acrobot-v1", {"mask_truncated": True}, "Acrobot: the time limit's tails masked", 100_000
     ),
+    # MuJoCo pilots at 300k steps (a 1M run takes 5-10 minutes a seed here): which advantage to run at 1M.
+    "halfcheetah_defaults": Cell("grpo", "HalfCheetah-v5", {}, "HalfCheetah: the preset", 300_000),
+    "halfcheetah_nearest": Cell(
+        "grpo", "HalfCheetah-v5", {"advantage": "nearest"}, "HalfCheetah: nearest-state baseline", 300_000
+    ),
+    "halfcheetah_nearest_mask": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"advantage": "nearest", "mask_truncated": True},
+        "HalfCheetah: nearest-state baseline, time limit's tails masked",
+        300_000,
+    ),
+    "hopper_defaults": Cell("grpo", "Hopper-v5", {}, "Hopper: the preset", 300_000),
+    "hopper_nearest_mask": Cell(
+        "grpo",
+        "Hopper-v5",
+        {"advantage": "nearest", "mask_truncated": True},
+        "Hopper: nearest-state baseline, time limit's tails masked",
+        300_000,
+    ),
     "acrobot_nearest": Cell(
         "grpo", "Acrobot-v1", {"advantage": "nearest"}, "Acrobot: baseline from the 16 nearest states", 100_000
     ),
@@ -110,6 +130,20 @@ CELLS: dict[str, Cell] = {
         "Acrobot-v1",
         {"branch_interval": 8, "lookahead": 8},
         "Acrobot branching: every 8th state, lookahead 8",
+        20_000,
+    ),
+    "branch_4_2_entropy": Cell(
+        "grpo_state",
+        "CartPole-v1",
+        {"branch_interval": 4, "lookahead": 2, "branch_on": "entropy"},
+        "branching at the quarter of states where the policy is least sure, lookahead 2",
+        10_000,
+    ),
+    "acrobot_branch_8_8_entropy": Cell(
+        "grpo_state",
+        "Acrobot-v1",
+        {"branch_interval": 8, "lookahead": 8, "branch_on": "entropy"},
+        "Acrobot branching: the eighth of states where the policy is least sure, lookahead 8",
         20_000,
     ),
     "branch_1_4": Cell(

@@ -292,3 +292,25 @@ def test_episodes_that_end_by_themselves_are_not_truncated():
     batches = Batches()
     GRPO("MlpPolicy", "CartPole-v1", mask_truncated=True, seed=0, **TINY).learn(300, callback=batches)
     assert batches.seen and all(not truncated.any() and trainable.all() for truncated, trainable in batches.seen)
+
+
+def test_branch_on_entropy_spends_the_interval_budget_where_the_policy_is_least_sure():
+    model = GRPO("MlpPolicy", "CartPole-v1", group_mode="state", branch_on="entropy", seed=0, **TINY)
+    mode, chosen, entropies = model.groups, [], []
+    due_slots = mode._due_slots
+
+    def recording() -> np.ndarray:
+        slots = due_slots()
+        entropy = model.policy.get_distribution(th.as_tensor(model._last_obs)).entropy().detach().numpy()
+        chosen.append(len(slots) > 0)
+        entropies.append(entropy[0])
+        return slots
+
+    mode._due_slots = recording
+    model.learn(600)
+    chosen_, entropies_ = np.array(chosen[100:]), np.array(entropies[100:])  # once the window has filled a bit
+    assert 0.1 < chosen_.mean() < 0.4  # about 1 / branch_interval = 1/4 of the states, as "interval" spends
+    # the chosen states are the unsure half's (branching every 4th state picks them about half the time)
+    assert np.mean(entropies_[chosen_] > np.median(entropies_)) > 0.9
+    with pytest.raises(ValueError, match="state-independent"):
+        GRPO("MlpPolicy", "Pendulum-v1", group_mode="state", branch_on="entropy")

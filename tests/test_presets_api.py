@@ -184,6 +184,10 @@ def test_env_kwargs_are_tried_at_submission_and_reach_the_environment(client: Te
         ({"normalize": {"norm_obs": True, "bogus": 1}}, None),
         ({"group_mode": "sideways"}, None),
         ({"lookahead": -1}, None),
+        ({"branch_on": "sometimes"}, None),
+        # GRPO's own checks, run on the environment's spaces before a job is queued
+        ({"env_name": "Pendulum-v1", "group_mode": "state", "branch_on": "entropy"}, "state-independent"),
+        ({"group_mode": "state", "advantage": "timestep"}, "outcome"),
         ({"env_kwargs": {"x": {"nested": "object"}}}, None),
     ],
 )
