@@ -108,6 +108,28 @@ CELLS: dict[str, Cell] = {
         "Hopper: nearest-state baseline, time limit's tails masked",
         300_000,
     ),
+    "lunarlander_nearest_mask": Cell(
+        "grpo",
+        "LunarLander-v3",
+        {"advantage": "nearest", "mask_truncated": True},
+        "LunarLander: nearest-state baseline, time limit's tails masked",
+        300_000,
+    ),
+    "lunarlander_nearest_mask_gamma_0.99": Cell(
+        "grpo",
+        "LunarLander-v3",
+        {"advantage": "nearest", "mask_truncated": True, "gamma": 0.99},
+        "LunarLander: nearest-state baseline, tails masked, gamma 0.99 (returns-to-go over ~100 steps, not ~1,000)",
+        300_000,
+    ),
+    "lunarlander_1m": Cell(
+        "grpo",
+        "LunarLander-v3",
+        {"advantage": "nearest", "mask_truncated": True, "gamma": 0.99},
+        "LunarLander at the zoo's 1M steps: nearest-state baseline, tails masked, gamma 0.99",
+        1_000_000,
+    ),
+    "lunarlander_gamma_0.99": Cell("grpo", "LunarLander-v3", {"gamma": 0.99}, "LunarLander: gamma 0.99", 300_000),
     "acrobot_nearest": Cell(
         "grpo", "Acrobot-v1", {"advantage": "nearest"}, "Acrobot: baseline from the 16 nearest states", 100_000
     ),
