@@ -20,6 +20,7 @@ import numpy as np
 import torch as th
 from gymnasium import spaces
 from gymnasium.utils import seeding
+from stable_baselines3.common.distributions import Distribution
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.utils import obs_as_tensor
 from stable_baselines3.common.vec_env import (
@@ -404,8 +405,8 @@ class GroupMode:
     def pause(self, env: VecEnv) -> None:
         """``learn`` returns: leave the env as the user's."""
 
-    def before_step(self, env: VecEnv) -> None:
-        """About to step the env with the actions just sampled."""
+    def before_step(self, env: VecEnv, distribution: Distribution) -> None:
+        """About to step the env with the actions just sampled from ``distribution`` (the policy's at each slot)."""
 
     def record_step(
         self,
@@ -544,20 +545,19 @@ class StateGroupMode(GroupMode):
         super().before_reset(env)
         self.slot_steps = np.zeros(env.num_envs, dtype=np.int64)
 
-    def before_step(self, env: VecEnv) -> None:
+    def before_step(self, env: VecEnv, distribution: Distribution) -> None:
         # Fork the due slots before the real step moves them on.
-        self._branch(env, self._due_slots())
+        self._branch(env, self._due_slots(distribution))
 
-    def _due_slots(self) -> np.ndarray:
+    def _due_slots(self, distribution: Distribution) -> np.ndarray:
         """Every ``branch_interval``-th state of each slot's episode, or (``branch_on="entropy"``) the states
         where the policy is least sure: entropy in the top ``1 / branch_interval`` of the recent states', the
         same budget spent where the tried actions are likeliest to differ (TRL's ``top_entropy_quantile``)."""
         model = self.model
         if model.branch_on == "interval":
             return np.flatnonzero(self.slot_steps % model.branch_interval == 0)
-        with th.no_grad():
-            obs = obs_as_tensor(model._last_obs, model.device)  # type: ignore[arg-type]
-            entropy = model.policy.get_distribution(obs).entropy().cpu().numpy().reshape(-1)
+        with th.no_grad():  # the distribution the real step's actions were sampled from: no second forward pass
+            entropy = distribution.entropy().cpu().numpy().reshape(-1)
         self.recent_entropies.extend(entropy.tolist())
         threshold = np.quantile(np.fromiter(self.recent_entropies, float), 1.0 - 1.0 / model.branch_interval)
         # Strictly above: a policy sure everywhere (equal entropies) is not branched everywhere.

@@ -649,7 +649,7 @@ class GRPO(OnPolicyAlgorithm):
                 actions_t = distribution.get_actions()
                 log_probs = distribution.log_prob(actions_t)
             actions = actions_t.cpu().numpy()
-            self.groups.before_step(env)
+            self.groups.before_step(env, distribution)
             new_obs, rewards, dones, infos = env.step(self._env_actions(actions))
             self.num_timesteps += env.num_envs
             n_steps += 1

@@ -1,5 +1,7 @@
 """GRPO's advantage estimators and the options of issue 12, by hand: known answers, then tiny runs over spaces."""
 
+from typing import Any
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -299,8 +301,8 @@ def test_branch_on_entropy_spends_the_interval_budget_where_the_policy_is_least_
     mode, chosen, entropies = model.groups, [], []
     due_slots = mode._due_slots
 
-    def recording() -> np.ndarray:
-        slots = due_slots()
+    def recording(distribution: Any) -> np.ndarray:
+        slots = due_slots(distribution)
         entropy = model.policy.get_distribution(th.as_tensor(model._last_obs)).entropy().detach().numpy()
         chosen.append(len(slots) > 0)
         entropies.append(entropy[0])
