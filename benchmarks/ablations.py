@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from benchmarks.hyperparams import EVAL_EVERY
 from benchmarks.learning import write_points_csv
 from benchmarks.runs import Job, run_jobs, use_one_thread
@@ -99,6 +101,43 @@ CELLS: dict[str, Cell] = {
         {"advantage": "nearest", "mask_truncated": True},
         "HalfCheetah: nearest-state baseline, time limit's tails masked",
         300_000,
+    ),
+    # HalfCheetah at 1M (issue 12, round three): one change each to the preset, whose 125 updates of 8,000 rows
+    # (every episode lasts 1,000 steps) take ~20k gradient steps where PPO's zoo entry takes ~310k.
+    "halfcheetah_1m": Cell("grpo", "HalfCheetah-v5", {}, "HalfCheetah at 1M: the preset", 1_000_000),
+    "halfcheetah_epochs_20": Cell(
+        "grpo", "HalfCheetah-v5", {"n_epochs": 20}, "HalfCheetah at 1M: 20 epochs, not 10", 1_000_000
+    ),
+    "halfcheetah_batch_256": Cell(
+        "grpo", "HalfCheetah-v5", {"batch_size": 256}, "HalfCheetah at 1M: minibatches of 256, not 512", 1_000_000
+    ),
+    "halfcheetah_gamma_0.98": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"gamma": 0.98},
+        "HalfCheetah at 1M: gamma 0.98 (the zoo's; 114 masked tail steps, not 230)",
+        1_000_000,
+    ),
+    "halfcheetah_log_std_-2": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"policy_kwargs": {"log_std_init": -2, "net_arch": [256, 256]}},
+        "HalfCheetah at 1M: initial action std 0.14, not 0.37 (the zoo's)",
+        1_000_000,
+    ),
+    "halfcheetah_envs_4_group_4": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"n_envs": 4, "group_size": 4},
+        "HalfCheetah at 1M: 4 envs, groups of 4 (an update per 4,000 steps, not 8,000)",
+        1_000_000,
+    ),
+    "halfcheetah_relu": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"policy_kwargs": {"log_std_init": -1, "net_arch": [256, 256], "activation_fn": nn.ReLU, "ortho_init": False}},
+        "HalfCheetah at 1M: ReLU, no orthogonal init (the zoo's PPO network)",
+        1_000_000,
     ),
     "hopper_defaults": Cell("grpo", "Hopper-v5", {}, "Hopper: the preset", 300_000),
     "hopper_nearest_mask": Cell(
@@ -185,7 +224,9 @@ CELLS: dict[str, Cell] = {
 }
 
 
-def jobs(cells: Sequence[str], seeds: Sequence[int], eval_every: int | None) -> list[Job]:
+def jobs(
+    cells: Sequence[str], seeds: Sequence[int], eval_every: int | None, max_seconds: float | None = None
+) -> list[Job]:
     return [
         Job(
             CELLS[name].algo,
@@ -193,6 +234,7 @@ def jobs(cells: Sequence[str], seeds: Sequence[int], eval_every: int | None) -> 
             seed,
             CELLS[name].budget,
             eval_every or min(EVAL_EVERY[CELLS[name].env_id], CELLS[name].budget // 10),
+            max_seconds,
             overrides=tuple(CELLS[name].overrides.items()),
             label=name,
         )
@@ -207,11 +249,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--eval-every", type=int, help="eval interval in env steps (default: the benchmark's)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--max-minutes",
+        type=float,
+        help="wall-clock cap on each run's training: a capped run is evaluated where it got to",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.workers <= 1:
         use_one_thread()
-    results = run_jobs(jobs(args.cells, args.seeds, args.eval_every), args.workers)
+    max_seconds = None if args.max_minutes is None else args.max_minutes * 60
+    results = run_jobs(jobs(args.cells, args.seeds, args.eval_every, max_seconds), args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     write_points_csv(results, args.out / "ablations.csv")
     print(f"Wrote {args.out / 'ablations.csv'}")
