@@ -84,6 +84,7 @@ class DeterministicPolicy(nn.Module):
                 "obs_std", th.sqrt(th.as_tensor(normalizer.obs_rms.var, dtype=th.float64) + normalizer.epsilon)
             )
             self.clip_obs = float(normalizer.clip_obs)
+        self.to(policy.device)  # the bounds and statistics beside the layers (a GPU's model serves on the GPU)
 
     @property
     def device(self) -> th.device:

@@ -138,11 +138,6 @@ def get_reward_function(name: str) -> RewardFunction | None:
     return REWARD_FUNCTIONS[name]
 
 
-def _same_device(a: th.device, b: th.device) -> bool:
-    # th.device("cuda") and th.device("cuda:0") name the same card
-    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
-
-
 def reward_functions(reward_function: Any) -> list[RewardFunction]:
     """GRPO's ``reward_function`` argument as a list of callables (registry names looked up)."""
     if reward_function is None:
@@ -180,11 +175,12 @@ def _checked_reward(fn: RewardFunction, reward: Any, batch: int, device: th.devi
         )
     if not reward.is_floating_point():
         raise ValueError(f"reward function {name!r} returned dtype {reward.dtype}, expected a float dtype")
-    if not _same_device(reward.device, device):
-        raise ValueError(
-            f"reward function {name!r} returned a tensor on {reward.device}, expected {device} "
-            "(build it from the inputs, which are already there)"
-        )
+    # A function written and tested on the CPU (th.ones(n), a numpy simulator's result) keeps working where
+    # device="auto" picks a GPU: its answer is copied over (build it from the inputs to save the copy).
+    try:
+        reward = reward.to(device)
+    except (RuntimeError, NotImplementedError) as error:  # a meta tensor has no values to copy
+        raise ValueError(f"reward function {name!r} returned a tensor on {reward.device}: {error}") from error
     if not th.isfinite(reward).all():
         raise ValueError(f"reward function {name!r} returned NaN or infinite rewards")
     return reward.reshape(batch).to(th.float64)

@@ -303,7 +303,8 @@ def test_branch_on_entropy_spends_the_interval_budget_where_the_policy_is_least_
 
     def recording(distribution: Any) -> np.ndarray:
         slots = due_slots(distribution)
-        entropy = model.policy.get_distribution(th.as_tensor(model._last_obs)).entropy().detach().numpy()
+        observation, _ = model.policy.obs_to_tensor(model._last_obs)
+        entropy = model.policy.get_distribution(observation).entropy().detach().cpu().numpy()
         chosen.append(len(slots) > 0)
         entropies.append(entropy[0])
         return slots

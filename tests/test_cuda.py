@@ -14,6 +14,7 @@ from harness import TINY, make_settings, train, wait_for_job
 import artifacts
 import presets
 from api import create_app
+from export import DeterministicPolicy, export_onnx
 from grpo import GRPO
 from rewards import optimized_cartpole
 
@@ -31,7 +32,11 @@ def test_episode_groups_with_a_reward_function_train_on_cuda(tmp_path: Path) -> 
         seen.append(next_state.device.type)
         return optimized_cartpole(state, action, next_state)
 
-    model = GRPO("MlpPolicy", "CartPole-v1", n_steps=32, group_size=4, reward_function=reward, seed=0, device="cuda")
+    def on_the_cpu(state: th.Tensor, action: th.Tensor, next_state: th.Tensor) -> th.Tensor:
+        return th.zeros(len(state))  # written without a device: copied over, not refused
+
+    functions = [reward, on_the_cpu]
+    model = GRPO("MlpPolicy", "CartPole-v1", n_steps=32, group_size=4, reward_function=functions, seed=0, device="cuda")
     model.learn(2_000)
     assert on_cuda(model) and model._n_updates > 0 and set(seen) == {"cuda"}
     model.save(tmp_path / "model.zip")
@@ -49,6 +54,12 @@ def test_branching_and_box_actions_on_cuda() -> None:
     normalised = presets.make_model("Pendulum-v1", seed=0, device="cuda", n_envs=1, group_size=2, n_steps=64)
     normalised.learn(800)
     assert on_cuda(normalised) and normalised._n_updates > 0
+    # the inference route's module on the GPU (Box bounds beside the layers), and an ONNX file from a GPU model
+    observations = np.random.default_rng(0).uniform(-1, 1, size=(8, 3)).astype(np.float32)
+    expected, _ = normalised.predict(observations, deterministic=True)
+    actions, _ = DeterministicPolicy(normalised.policy).predict(observations)
+    np.testing.assert_allclose(actions, expected, atol=1e-5)
+    assert export_onnx(normalised, normalizer=normalised.get_env())
 
 
 def test_the_service_trains_and_serves_on_cuda(tmp_path: Path) -> None:

@@ -74,7 +74,7 @@ def test_onnx_actions_equal_predict(env_name: str) -> None:
     if isinstance(model.action_space, gym.spaces.Discrete):
         with th.no_grad():
             distribution = model.policy.get_distribution(model.policy.obs_to_tensor(batch)[0])
-        np.testing.assert_allclose(outputs[1], distribution.distribution.probs.numpy(), rtol=0, atol=1e-6)
+        np.testing.assert_allclose(outputs[1], distribution.distribution.probs.cpu().numpy(), rtol=0, atol=1e-6)
     else:
         assert len(outputs) == 1
 
@@ -112,6 +112,16 @@ def test_observation_normalisation_is_baked_in(tmp_path) -> None:
     assert_same_actions(model, run_onnx(export_onnx(model), env.normalize_obs(batch))[0], expected)
 
 
+def test_the_bounds_and_statistics_follow_the_policys_device() -> None:
+    """A model on a GPU is served there: the module's buffers must sit beside the layers it borrows (the meta
+    device stands in for a GPU here; tests/test_cuda.py serves a normalised model on a real one)."""
+    env = VecNormalize(DummyVecEnv([ENVS["pendulum"]]), norm_reward=False)
+    policy = GRPO("MlpPolicy", env, n_steps=16, batch_size=16, seed=0).policy.to("meta")
+    module = DeterministicPolicy(policy, normalizer=env)
+    assert {buffer.device.type for buffer in module.buffers()} == {"meta"}
+    assert module.device.type == "meta"
+
+
 def test_any_batch_size_and_a_valid_graph() -> None:
     onnx = pytest.importorskip("onnx")
     model = make_model("cartpole")
@@ -125,10 +135,10 @@ def test_any_batch_size_and_a_valid_graph() -> None:
 
 def test_export_leaves_the_served_model_alone() -> None:
     model = make_model("cartpole")
-    before = [parameter.clone() for parameter in model.policy.parameters()]
-    export_onnx(model)
+    before, device = [parameter.clone() for parameter in model.policy.parameters()], model.policy.device
+    export_onnx(model)  # through a copy on the CPU
     assert all(th.equal(a, b) for a, b in zip(before, model.policy.parameters(), strict=True))
-    assert model.policy.device.type == "cpu" and isinstance(model.policy.action_net, th.nn.Linear)
+    assert model.policy.device == device and isinstance(model.policy.action_net, th.nn.Linear)
 
 
 def test_unsupported_spaces_say_so() -> None:

@@ -279,7 +279,8 @@ def test_save_load_round_trip_predicts_identically(tmp_path):
 
     loaded = GRPO.load(tmp_path / "grpo_pendulum", device="cpu")  # no env needed
     after, _ = loaded.predict(observations, deterministic=True)
-    np.testing.assert_array_equal(before, after)
+    exact = model.device.type == "cpu"  # trained on a GPU (device="auto"), the CPU's matmuls round otherwise
+    np.testing.assert_allclose(before, after, rtol=0 if exact else 1e-5, atol=0 if exact else 1e-6)
     assert loaded.group_size == 2 and loaded.advantage == "timestep"
     single, _ = loaded.predict(observations[0], deterministic=True)
     np.testing.assert_allclose(single, after[0], rtol=1e-5)  # batched matmul may round differently
