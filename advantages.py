@@ -203,6 +203,7 @@ def nearest_state_advantages(
     observations: np.ndarray | None = None,
     k: int = NEAREST_STATES,
     exclude: np.ndarray | None = None,
+    gae_lambda: float = 1.0,
 ) -> tuple[np.ndarray, GroupStats]:
     """Per-state baseline without a critic: a step's discounted return-to-go minus the mean return-to-go of the
     ``k`` steps of *other* episodes in the rollout whose observations are nearest (Euclidean, each dimension
@@ -212,8 +213,10 @@ def nearest_state_advantages(
     (issue 12: Pendulum reaches -200 in about PPO's steps, docs/benchmarks.md). ``baseline`` changes nothing here
     (a step is never its own neighbour's episode); ``scale_rewards`` divides by the std of the group's residuals,
     of the rollout's, or not at all. ``exclude``: rows never taken as a neighbour (returns-to-go a time limit cut
-    short, :func:`truncated_tail`), unless too few rows would be left. Costs rows^2 x observation size per
-    rollout, in chunks of rows."""
+    short, :func:`truncated_tail`), unless too few rows would be left. ``gae_lambda`` < 1 bootstraps from those
+    values as GAE does from a critic's (Schulman et al. 2016): ``sum_l (gamma lambda)^l delta_(t+l)`` with
+    ``delta_t = r_t + gamma V(s_(t+1)) - V(s_t)`` and V 0 after an episode's last step, as its returns-to-go
+    take it; 1 gives the return-to-go minus V(s_t). Costs rows^2 x observation size per rollout, in chunks."""
     if observations is None:
         raise ValueError("nearest_state_advantages needs the rollout's observations")
     to_go = discounted_cumsum(rewards, _episode_starts(episodes), gamma)
@@ -234,7 +237,14 @@ def nearest_state_advantages(
         distance[(episodes[rows, None] == episodes[None, :]) | ~candidate[None, :]] = np.inf
         nearest = np.argpartition(distance, neighbours - 1, axis=1)[:, :neighbours]
         base[rows] = to_go[nearest].mean(axis=1)
-    residual = to_go - base
+    if gae_lambda < 1.0:
+        # Over 1,000-step episodes a return-to-go sums hundreds of noisy rewards; the neighbours' mean return at
+        # the next states stands in for all but the nearest of them (issue 12: HalfCheetah, docs/benchmarks.md).
+        starts = _episode_starts(episodes)
+        next_value = np.where(np.r_[starts[1:], True], 0.0, np.r_[base[1:], 0.0])
+        residual = discounted_cumsum(rewards + gamma * next_value - base, starts, gamma * gae_lambda)
+    else:
+        residual = to_go - base
     groups = episode_groups[episodes]
     n_groups = int(episode_groups.max()) + 1
     mean, std = _group_std(residual, groups, n_groups)

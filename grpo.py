@@ -294,7 +294,8 @@ def compute_advantages(model: "GRPO", buffer: GroupRolloutBuffer) -> None:
     buffer.rewards = batch_rewards(model, buffer)
     batch = (buffer.rewards, buffer.episodes, buffer.episode_groups, model.gamma, model.scale_rewards)
     cut = truncated_tail(buffer.episodes, buffer.truncated, model.gamma) if model.mask_truncated else None
-    states = {"observations": buffer.observations, "exclude": cut} if model.advantage == "nearest" else {}
+    nearest = {"observations": buffer.observations, "exclude": cut, "gae_lambda": model.gae_lambda}
+    states = nearest if model.advantage == "nearest" else {}
     advantages, stats = ADVANTAGE_FUNCTIONS[model.advantage](*batch, model.baseline, **states)
     buffer.advantages = advantages.astype(np.float32)
     if model.advantage == "process" and stats.zero_std_groups == stats.n_groups:
@@ -351,6 +352,13 @@ def _check_arguments(self: "GRPO") -> None:
         raise ValueError(
             "group_mode='state' cannot use gSDE: its exploration noise is fixed for a state, so the actions "
             "tried there would all be the same"
+        )
+    if not 0.0 <= self.gae_lambda <= 1.0:
+        raise ValueError(f"gae_lambda must be in [0, 1], got {self.gae_lambda}")
+    if self.gae_lambda < 1.0 and self.advantage != "nearest":
+        raise ValueError(
+            f"gae_lambda < 1 bootstraps from the nearest states' mean return (there is no critic): it needs "
+            f"advantage='nearest', got advantage={self.advantage!r}"
         )
     if self.baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
@@ -424,6 +432,8 @@ class GRPO(OnPolicyAlgorithm):
         it ends); at least 1 in physical control, where an action moves positions only a step later (README).
         Returns are cut there without a bootstrap: a penalty further ahead is not seen
     :param gamma: Discount factor of the returns that are compared within a group
+    :param gae_lambda: With ``advantage="nearest"``, below 1 bootstraps each step's return from the nearest
+        states' mean return-to-go as GAE does from a critic's values (HalfCheetah's preset); 1: the plain return
     :param advantage: ``"timestep"`` (per-timestep group baseline), ``"outcome"`` or ``"process"`` (DeepSeekMath),
         or ``"nearest"`` (the nearest states of other episodes), see advantages.py. ``None``: ``"timestep"`` in
         episode mode, ``"outcome"`` (the only one) in state mode
@@ -483,6 +493,7 @@ class GRPO(OnPolicyAlgorithm):
         branch_on: str = "interval",
         lookahead: int = 2,
         gamma: float = 0.99,
+        gae_lambda: float = 1.0,
         advantage: str | None = None,
         scale_rewards: str = "group",
         baseline: str = "mean",
@@ -514,7 +525,7 @@ class GRPO(OnPolicyAlgorithm):
             learning_rate=learning_rate,
             n_steps=n_steps,
             gamma=gamma,
-            gae_lambda=1.0,  # no GAE: there is no value function to bootstrap from
+            gae_lambda=gae_lambda,
             ent_coef=ent_coef,
             vf_coef=0.0,  # no critic
             max_grad_norm=max_grad_norm,

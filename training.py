@@ -46,6 +46,7 @@ GRPO_ARGUMENTS = frozenset(
         "advantage",
         "scale_rewards",
         "gamma",
+        "gae_lambda",
         "clip_range",
         "clip_range_high",
         "beta",
@@ -194,6 +195,13 @@ class TrainingSettings(BaseModel):
         None,
         description="Leave out of training the last steps of episodes a time limit cut short, whose returns miss "
         "what came after the cut (Pendulum's preset)",
+    )
+    gae_lambda: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="With advantage 'nearest': below 1, returns bootstrapped from the nearest states' mean return, "
+        "as GAE does from a critic (HalfCheetah's preset); 1 keeps the plain return",
     )
     use_sde: bool | None = Field(None, description="Generalized State-Dependent Exploration (Box actions)")
     sde_sample_freq: int | None = Field(None, ge=-1, le=100_000, description="gSDE: new noise every this many steps")

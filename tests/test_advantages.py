@@ -226,6 +226,34 @@ def test_nearest_state_baseline_ignores_a_constant_shift_of_an_observation_dimen
     np.testing.assert_allclose(plain, scaled, atol=1e-9)
 
 
+@pytest.mark.parametrize(
+    ("gae_lambda", "expected"),
+    [
+        (1.0, [3 - 3, 2 - 0, 3 - 3, 0 - 2]),  # the return-to-go minus the neighbour's (the default)
+        (0.0, [1 + 0 - 3, 2 + 0 - 0, 3 + 2 - 3, 0 + 0 - 2]),  # one step, then the neighbour's value: r + V' - V
+        (0.5, [-2 + 0.5 * 2, 2, 2 + 0.5 * -2, -2]),  # GAE: delta_t + (gamma lambda) delta_(t+1)
+    ],
+)
+def test_nearest_state_advantage_bootstraps_from_the_neighbours_values(gae_lambda, expected):
+    # Two episodes through the same two states (observations 0, then 1), rewards (1, 2) and (3, 0), gamma 1:
+    # returns-to-go (3, 2) and (3, 0); each step's value V is its one neighbour's return-to-go: 3, 0, 3, 2.
+    rewards, observations = np.array([1.0, 2.0, 3.0, 0.0]), np.array([[0.0], [1.0], [0.0], [1.0]])
+    adv, _ = nearest_state_advantages(
+        rewards, _episodes(2, 2), np.array([0, 0]), 1.0, "none", observations=observations, k=1, gae_lambda=gae_lambda
+    )
+    np.testing.assert_allclose(adv, expected)
+
+
+def test_gae_lambda_needs_the_nearest_states_values():
+    with pytest.raises(ValueError, match="advantage='nearest'"):
+        GRPO("MlpPolicy", "CartPole-v1", gae_lambda=0.9)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        GRPO("MlpPolicy", "CartPole-v1", advantage="nearest", gae_lambda=1.5)
+    model = GRPO("MlpPolicy", "Pendulum-v1", advantage="nearest", gae_lambda=0.9, seed=0, **{**TINY, "n_steps": 200})
+    model.learn(800)
+    assert model._n_updates > 0
+
+
 def test_nearest_state_advantage_learns_on_box_observations_and_refuses_dict_ones():
     model = GRPO("MlpPolicy", "Pendulum-v1", advantage="nearest", seed=0, **{**TINY, "n_steps": 200})
     model.learn(800)

@@ -188,6 +188,8 @@ def test_env_kwargs_are_tried_at_submission_and_reach_the_environment(client: Te
         # GRPO's own checks, run on the environment's spaces before a job is queued
         ({"env_name": "Pendulum-v1", "group_mode": "state", "branch_on": "entropy"}, "state-independent"),
         ({"group_mode": "state", "advantage": "timestep"}, "outcome"),
+        ({"advantage": "timestep", "gae_lambda": 0.9}, "advantage='nearest'"),
+        ({"gae_lambda": 1.5}, None),
         ({"env_kwargs": {"x": {"nested": "object"}}}, None),
     ],
 )
