@@ -174,6 +174,13 @@ CELLS: dict[str, Cell] = {
         "HalfCheetah at 1M: returns bootstrapped from the nearest states' values, lambda 0.9",
         1_000_000,
     ),
+    "hopper_gae_0.95": Cell(
+        "grpo",
+        "Hopper-v5",
+        {"gae_lambda": 0.95},
+        "Hopper at 1M: returns bootstrapped from the nearest states' values, lambda 0.95",
+        1_000_000,
+    ),
     "halfcheetah_relu": Cell(
         "grpo",
         "HalfCheetah-v5",
