@@ -222,6 +222,20 @@ CELLS: dict[str, Cell] = {
         "grpo", "Acrobot-v1", {"advantage": "nearest"}, "Acrobot: baseline from the 16 nearest states", 100_000
     ),
     "nearest": Cell("grpo", "CartPole-v1", {"advantage": "nearest"}, "baseline from the 16 nearest states"),
+    "pendulum_gae_0.95": Cell(
+        "grpo",
+        "Pendulum-v1",
+        {"gae_lambda": 0.95},
+        "Pendulum: returns bootstrapped from the nearest states' values, lambda 0.95",
+        100_000,
+    ),
+    "pendulum_gae_0.9": Cell(
+        "grpo",
+        "Pendulum-v1",
+        {"gae_lambda": 0.9},
+        "Pendulum: returns bootstrapped from the nearest states' values, lambda 0.9",
+        100_000,
+    ),
     "pendulum_process": Cell(
         "grpo", "Pendulum-v1", {"advantage": "process"}, "Pendulum: process advantage (step rewards)", 100_000
     ),
