@@ -174,6 +174,20 @@ CELLS: dict[str, Cell] = {
         "HalfCheetah at 1M: returns bootstrapped from the nearest states' values, lambda 0.9",
         1_000_000,
     ),
+    "halfcheetah_gae_0.95_envs_4_group_4": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"gae_lambda": 0.95, "n_envs": 4, "group_size": 4},
+        "HalfCheetah at 1M: the preset now (gae_lambda 0.95) with 4 envs, groups of 4",
+        1_000_000,
+    ),
+    "halfcheetah_gae_0.95_envs_4_group_4_gamma_0.98": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"gae_lambda": 0.95, "n_envs": 4, "group_size": 4, "gamma": 0.98},
+        "HalfCheetah at 1M: the preset now (gae_lambda 0.95) with 4 envs, groups of 4, gamma 0.98",
+        1_000_000,
+    ),
     "hopper_gae_0.95": Cell(
         "grpo",
         "Hopper-v5",
