@@ -219,7 +219,8 @@ def nearest_state_advantages(
     take it; 1 gives the return-to-go minus V(s_t). Costs rows^2 x observation size per rollout, in chunks."""
     if observations is None:
         raise ValueError("nearest_state_advantages needs the rollout's observations")
-    to_go = discounted_cumsum(rewards, _episode_starts(episodes), gamma)
+    starts = _episode_starts(episodes)
+    to_go = discounted_cumsum(rewards, starts, gamma)
     flat = observations.reshape(len(observations), -1).astype(np.float64)
     z = (flat - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-8)
     candidate = np.ones(len(episodes), dtype=bool) if exclude is None else ~exclude
@@ -240,7 +241,6 @@ def nearest_state_advantages(
     if gae_lambda < 1.0:
         # Over 1,000-step episodes a return-to-go sums hundreds of noisy rewards; the neighbours' mean return at
         # the next states stands in for all but the nearest of them (issue 12: HalfCheetah, docs/benchmarks.md).
-        starts = _episode_starts(episodes)
         next_value = np.where(np.r_[starts[1:], True], 0.0, np.r_[base[1:], 0.0])
         residual = discounted_cumsum(rewards + gamma * next_value - base, starts, gamma * gae_lambda)
     else:
