@@ -358,7 +358,7 @@ def _check_arguments(self: "GRPO") -> None:
     if self.gae_lambda < 1.0 and self.advantage != "nearest":
         raise ValueError(
             f"gae_lambda < 1 bootstraps from the nearest states' mean return (there is no critic): it needs "
-            f"advantage='nearest', got advantage={self.advantage!r}"
+            f"advantage='nearest', got advantage={self.advantage!r} (set gae_lambda=1 for the plain return)"
         )
     if self.baseline not in BASELINES:
         raise ValueError(f"baseline must be one of {BASELINES}, got {self.baseline!r}")
