@@ -5,7 +5,7 @@ several samples that share a starting point are compared with each other, and ea
 reward normalised within the group. In an environment a *group* is ``group_size`` episodes reset with one
 shared seed, so they start from the same state and differ only by the actions the policy sampled; or, in
 branching mode (``group_mode="state"``), the actions tried from one visited state, each in its own copy of the
-environment. The environment side (group-reset wrapper, forks) lives in ``envs.py``.
+environment. The environment side (group-reset wrapper, forks) lives in ``envs.py``, the loss in ``losses.py``.
 """
 
 import copy
@@ -13,22 +13,13 @@ import inspect
 import warnings
 from collections.abc import Callable, Sequence
 from types import SimpleNamespace
-from typing import Any, ClassVar, NamedTuple, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 import torch as th
 from gymnasium import spaces
 from stable_baselines3.common.buffers import RolloutBuffer
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.distributions import (
-    BernoulliDistribution,
-    CategoricalDistribution,
-    DiagGaussianDistribution,
-    Distribution,
-    MultiCategoricalDistribution,
-    SquashedDiagGaussianDistribution,
-    StateDependentNoiseDistribution,
-)
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.policies import (
@@ -41,7 +32,6 @@ from stable_baselines3.common.type_aliases import GymEnv, MaybeCallback, Schedul
 from stable_baselines3.common.utils import FloatSchedule, obs_as_tensor
 from stable_baselines3.common.vec_env import VecEnv
 from torch import nn
-from torch.distributions import kl_divergence
 
 from advantages import (
     ADVANTAGE_FUNCTIONS,
@@ -58,6 +48,7 @@ from advantages import (
 )
 from buffers import GroupRolloutBuffer
 from envs import EpisodeGroupMode, GroupMode, GroupResetWrapper, Observation, StateGroupMode, env_observations
+from losses import clipped_surrogate_loss, exact_kl, k3_kl, minibatch_loss
 from rewards import reward_functions, score_transitions
 
 __all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imported from here as well
@@ -169,90 +160,6 @@ class GRPOCnnPolicy(_NoCritic, ActorCriticCnnPolicy):
 
 class GRPOMultiInputPolicy(_NoCritic, MultiInputActorCriticPolicy):
     """``MultiInputPolicy`` (Dict observations): SB3's ``MultiInputActorCriticPolicy`` without a value head."""
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Losses (the advantages are computed in advantages.py)
-# --------------------------------------------------------------------------------------------------------------
-
-
-def k3_kl(log_prob: th.Tensor, ref_log_prob: th.Tensor) -> th.Tensor:
-    """Per-sample estimate of KL(pi || pi_ref): r - log r - 1 with r = pi_ref / pi (Schulman, "Approximating
-    KL Divergence", 2020; the estimator of DeepSeekMath eq. 4). Unbiased and never negative."""
-    log_ratio = ref_log_prob - log_prob
-    return th.exp(log_ratio) - log_ratio - 1.0
-
-
-def exact_kl(distribution: Distribution, reference: Distribution) -> th.Tensor | None:
-    """KL(pi || pi_ref) of each row in closed form, where the action distribution has one (categorical,
-    Bernoulli, diagonal Gaussian); ``None`` otherwise (squashed or gSDE Gaussians: use :func:`k3_kl`).
-
-    Branching needs it: it enumerates every action of a state with equal weight, where k3 averaged over those rows
-    is no KL at all (22.6 instead of 0.637 at pi = [0.99, 0.01], pi_ref = [0.5, 0.5]); and elsewhere it is
-    exact where k3 only estimates."""
-    if type(distribution) is not type(reference) or isinstance(distribution, StateDependentNoiseDistribution):
-        return None
-    if isinstance(distribution, CategoricalDistribution):
-        return kl_divergence(distribution.distribution, reference.distribution)
-    if isinstance(distribution, MultiCategoricalDistribution):
-        pairs = zip(distribution.distribution, reference.distribution, strict=True)
-        return th.stack([kl_divergence(p, q) for p, q in pairs], dim=1).sum(dim=1)
-    if isinstance(distribution, (BernoulliDistribution, DiagGaussianDistribution)) and not isinstance(
-        distribution, SquashedDiagGaussianDistribution
-    ):
-        return kl_divergence(distribution.distribution, reference.distribution).sum(dim=1)
-    return None
-
-
-def clipped_surrogate_loss(
-    ratio: th.Tensor, advantages: th.Tensor, clip_low: float, clip_high: float, weights: th.Tensor | None = None
-) -> th.Tensor:
-    """PPO's clipped objective (negated, averaged over steps) with DAPO's decoupled upper clip
-    (Yu et al. 2025, "clip-higher": ``1 + clip_high`` lets unlikely good actions grow faster). ``weights``: the
-    behaviour-to-proximal importance weights of decoupled PPO (Hilton et al. 2021, arXiv:2110.00641)."""
-    unclipped = advantages * ratio
-    clipped = advantages * th.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    surrogate = th.min(unclipped, clipped)
-    if weights is not None:
-        surrogate = weights * surrogate
-    # Step-level mean over the mini-batch (DAPO's token-level loss), not a per-episode mean that would
-    # weight the steps of short episodes more.
-    return -surrogate.mean()
-
-
-class MinibatchLoss(NamedTuple):
-    loss: th.Tensor  # what is minimised: the policy loss, the entropy bonus and the KL penalty
-    policy_loss: th.Tensor
-    entropy_loss: th.Tensor
-    kl_ref: th.Tensor | None  # against the reference policy, when there is one
-    ratio: th.Tensor  # what the clip is applied to
-    log_ratio: th.Tensor  # against the policy as the update started
-
-
-def minibatch_loss(model: "GRPO", batch: Any, clip_low: float, clip_high: float) -> MinibatchLoss:
-    """The loss of one mini-batch of ``GroupRolloutBuffer`` samples under ``model``'s current policy."""
-    distribution = model.policy.get_distribution(batch.observations)
-    log_prob = distribution.log_prob(model._policy_actions(batch.actions))
-    entropy = distribution.entropy()
-    log_ratio = log_prob - batch.proximal_log_prob
-    weights = None
-    if model.proximal_policy:  # truncated at 1, as V-trace's rho-bar, so that a stale row never weighs more
-        ratio = th.exp(log_ratio)
-        weights = th.exp(batch.proximal_log_prob - batch.old_log_prob).clamp(max=1.0)
-    else:  # the clip centred on the behaviour policy, as PPO
-        ratio = th.exp(log_prob - batch.old_log_prob)
-    policy_loss = clipped_surrogate_loss(ratio, batch.advantages, clip_low, clip_high, weights)
-    # Entropy bonus; without an analytical form, -log pi estimates it (as in SB3's PPO).
-    entropy_loss = -th.mean(-log_prob) if entropy is None else -th.mean(entropy)
-    loss = policy_loss + model.ent_coef * entropy_loss
-    kl_ref = None
-    if model.ref_policy is not None:
-        with th.no_grad():
-            reference = model.ref_policy.get_distribution(batch.observations)
-        kl_rows = exact_kl(distribution, reference)
-        kl_ref = (k3_kl(log_prob, batch.ref_log_prob) if kl_rows is None else kl_rows).mean()
-        loss = loss + model.beta * kl_ref
-    return MinibatchLoss(loss, policy_loss, entropy_loss, kl_ref, ratio, log_ratio)
 
 
 # --------------------------------------------------------------------------------------------------------------
