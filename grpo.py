@@ -38,8 +38,10 @@ from advantages import (
     ADVANTAGE_MODES,
     BASELINES,
     SCALE_REWARDS,
+    TIE_BREAKS,
     GroupStats,
     discounted_cumsum,
+    novelty_for_tied_groups,
     outcome_advantages,
     process_advantages,
     timestep_advantages,
@@ -57,6 +59,7 @@ __all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imp
     "GROUP_MODES",
     "GRPO",
     "SCALE_REWARDS",
+    "TIE_BREAKS",
     "GroupResetWrapper",
     "GroupRolloutBuffer",
     "clipped_surrogate_loss",
@@ -204,6 +207,9 @@ def compute_advantages(model: "GRPO", buffer: GroupRolloutBuffer) -> None:
     nearest = {"observations": buffer.observations, "exclude": cut, "gae_lambda": model.gae_lambda}
     states = nearest if model.advantage == "nearest" else {}
     advantages, stats = ADVANTAGE_FUNCTIONS[model.advantage](*batch, model.baseline, **states)
+    if model.tie_break == "novelty":
+        advantages, rescored = novelty_for_tied_groups(advantages, buffer.observations, *batch[1:], model.baseline)
+        model.logger.record("rollout/novelty_groups", rescored)
     buffer.advantages = advantages.astype(np.float32)
     if model.advantage == "process" and stats.zero_std_groups == stats.n_groups:
         warn_if_process_is_flat(model, outcome_advantages(*batch)[1])
@@ -228,14 +234,28 @@ def record_groups(logger: Logger, stats: GroupStats, buffer: GroupRolloutBuffer)
     logger.record("rollout/step_reward_mean", float(buffer.rewards.mean()))
 
 
+def refresh_reference(model: "GRPO") -> None:
+    """Iterative GRPO (DeepSeekMath 4.2): after each update, the reference follows the policy every few updates."""
+    if model.ref_policy is None or model.ref_update_interval is None:
+        return
+    model._n_policy_updates += 1
+    if model._n_policy_updates % model.ref_update_interval == 0:
+        model.ref_policy.load_state_dict(model.policy.state_dict())
+
+
 def _check_arguments(self: "GRPO") -> None:
     """Fail at construction (and at load, on the overrides given there) with what to change."""
     if self.group_size < 2:
         raise ValueError(f"group_size must be at least 2 to compare episodes, got {self.group_size}")
     if self.advantage not in ADVANTAGE_MODES:
         raise ValueError(f"advantage must be one of {ADVANTAGE_MODES}, got {self.advantage!r}")
-    if self.advantage == "nearest" and isinstance(getattr(self, "observation_space", None), spaces.Dict):
-        raise ValueError("advantage='nearest' compares observations as vectors: it needs a Box observation space")
+    for option, value in (("advantage", "nearest"), ("tie_break", "novelty")):
+        if getattr(self, option) == value and isinstance(getattr(self, "observation_space", None), spaces.Dict):
+            raise ValueError(f"{option}={value!r} compares observations as vectors: it needs a Box observation space")
+    if self.tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
+    if self.tie_break == "novelty" and self.group_mode == "state":
+        raise ValueError("tie_break='novelty' compares the states of episodes: it needs group_mode='episode'")
     if self.group_mode not in GROUP_MODES:
         raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
     if self.branch_interval < 1 or self.lookahead < 0:
@@ -348,6 +368,9 @@ class GRPO(OnPolicyAlgorithm):
         ``"none"`` (Dr. GRPO); ``"timestep"`` divides by the spread of the members' returns, see advantages.py
     :param baseline: What a member is compared with: the group's ``"mean"`` (GRPO) or the mean of the other
         members, ``"leave_one_out"`` (RLOO)
+    :param tie_break: What tells apart the members of a group whose advantages all come out 0 (their rewards tied,
+        as a sparse reward's before the first success): ``"none"`` leaves them at 0; ``"novelty"`` compares them
+        on how far their states lie from the rollout's other episodes' (k-NN novelty, Acrobot's preset)
     :param dynamic_sampling: Leave the rows of groups whose advantages are all zero out of the mini-batches
         (DAPO), so that they do not dilute the mini-batch means
     :param proximal_policy: Centre the clip on the policy as the update starts, not on each row's behaviour
@@ -404,6 +427,7 @@ class GRPO(OnPolicyAlgorithm):
         advantage: str | None = None,
         scale_rewards: str = "group",
         baseline: str = "mean",
+        tie_break: str = "none",
         dynamic_sampling: bool = False,
         proximal_policy: bool = False,
         mask_truncated: bool = False,
@@ -457,6 +481,7 @@ class GRPO(OnPolicyAlgorithm):
         self.advantage = advantage or default_advantage(group_mode)
         self.scale_rewards = scale_rewards
         self.baseline = baseline
+        self.tie_break = tie_break
         self.dynamic_sampling = dynamic_sampling
         self.proximal_policy = proximal_policy
         self.mask_truncated = mask_truncated
@@ -658,7 +683,7 @@ class GRPO(OnPolicyAlgorithm):
             if not continue_training:
                 break
 
-        self._refresh_reference()
+        refresh_reference(self)
         buffer.policy_version += 1
         outside = (behaviour_ratio < 1 - clip_low) | (behaviour_ratio > 1 + clip_high)
         self.logger.record("train/stale_clip_fraction", float(np.mean(outside)))
@@ -674,14 +699,6 @@ class GRPO(OnPolicyAlgorithm):
         self.logger.record("train/n_updates", self._n_updates, exclude="tensorboard")
         self.logger.record("train/clip_range", clip_low)
         self.logger.record("train/clip_range_high", clip_high)
-
-    def _refresh_reference(self) -> None:
-        """Iterative GRPO (DeepSeekMath 4.2): the reference follows the policy every few updates."""
-        if self.ref_policy is None or self.ref_update_interval is None:
-            return
-        self._n_policy_updates += 1
-        if self._n_policy_updates % self.ref_update_interval == 0:
-            self.ref_policy.load_state_dict(self.policy.state_dict())
 
     def learn(
         self: SelfGRPO,

@@ -33,7 +33,7 @@ import artifacts
 import checkpoints
 import presets
 from errors import UnknownEnvironment
-from grpo import ADVANTAGE_MODES, GROUP_MODES, GRPO, SCALE_REWARDS
+from grpo import ADVANTAGE_MODES, GROUP_MODES, GRPO, SCALE_REWARDS, TIE_BREAKS
 from records import JobRecord, MetricPoint, ModelName
 from rewards import REWARD_FUNCTIONS
 
@@ -58,6 +58,7 @@ GRPO_ARGUMENTS = frozenset(
         "branch_on",
         "lookahead",
         "mask_truncated",
+        "tie_break",
         "use_sde",
         "sde_sample_freq",
         "ref_update_interval",
@@ -202,6 +203,12 @@ class TrainingSettings(BaseModel):
         le=1,
         description="With advantage 'nearest': below 1, returns bootstrapped from the nearest states' mean return, "
         "as GAE does from a critic (HalfCheetah's preset); 1 keeps the plain return",
+    )
+    tie_break: Literal[TIE_BREAKS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="Episode mode: what tells apart a group's members when their rewards tie (every advantage 0, as "
+        "a sparse reward's before the first success): 'none' leaves them at 0, 'novelty' compares how far their "
+        "states lie from the other episodes' (Acrobot's preset)",
     )
     use_sde: bool | None = Field(None, description="Generalized State-Dependent Exploration (Box actions)")
     sde_sample_freq: int | None = Field(None, ge=-1, le=100_000, description="gSDE: new noise every this many steps")

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
 from benchmarks.hyperparams import EVAL_EVERY
@@ -188,6 +189,22 @@ CELLS: dict[str, Cell] = {
         "HalfCheetah at 1M: the preset now (gae_lambda 0.95) with 4 envs, groups of 4, gamma 0.98",
         1_000_000,
     ),
+    "halfcheetah_preset_epochs_20": Cell(
+        "grpo", "HalfCheetah-v5", {"n_epochs": 20}, "HalfCheetah at 1M: the preset with 20 epochs, not 10", 1_000_000
+    ),
+    "halfcheetah_preset_lr_lin_6e-4": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"learning_rate": LinearSchedule(6e-4, 0.0, 1.0)},
+        "HalfCheetah at 1M: the preset with a learning rate from 6e-4 down to 0 (3e-4 on average)",
+        1_000_000,
+    ),
+    "halfcheetah_preset_gae_0.9": Cell(
+        "grpo", "HalfCheetah-v5", {"gae_lambda": 0.9}, "HalfCheetah at 1M: the preset with gae_lambda 0.9", 1_000_000
+    ),
+    "halfcheetah_preset_gae_0.8": Cell(
+        "grpo", "HalfCheetah-v5", {"gae_lambda": 0.8}, "HalfCheetah at 1M: the preset with gae_lambda 0.8", 1_000_000
+    ),
     "hopper_gae_0.95": Cell(
         "grpo",
         "Hopper-v5",
@@ -232,9 +249,20 @@ CELLS: dict[str, Cell] = {
         1_000_000,
     ),
     "lunarlander_gamma_0.99": Cell("grpo", "LunarLander-v3", {"gamma": 0.99}, "LunarLander: gamma 0.99", 300_000),
+    "acrobot_novelty": Cell(
+        "grpo",
+        "Acrobot-v1",
+        {"tie_break": "novelty"},
+        "Acrobot: groups tied on the reward compared on their states' novelty (the preset since round four)",
+        100_000,
+    ),
+    "acrobot_no_tie_break": Cell(
+        "grpo", "Acrobot-v1", {"tie_break": "none"}, "Acrobot: tied groups left at 0 (the preset before)", 100_000
+    ),
     "acrobot_nearest": Cell(
         "grpo", "Acrobot-v1", {"advantage": "nearest"}, "Acrobot: baseline from the 16 nearest states", 100_000
     ),
+    "novelty": Cell("grpo", "CartPole-v1", {"tie_break": "novelty"}, "groups tied on the reward compared on novelty"),
     "nearest": Cell("grpo", "CartPole-v1", {"advantage": "nearest"}, "baseline from the 16 nearest states"),
     "pendulum_gae_0.95": Cell(
         "grpo",

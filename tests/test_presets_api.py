@@ -190,6 +190,8 @@ def test_env_kwargs_are_tried_at_submission_and_reach_the_environment(client: Te
         ({"group_mode": "state", "advantage": "timestep"}, "outcome"),
         ({"advantage": "timestep", "gae_lambda": 0.9}, "advantage='nearest'"),
         ({"gae_lambda": 1.5}, None),
+        ({"group_mode": "state", "tie_break": "novelty"}, "group_mode='episode'"),
+        ({"tie_break": "sometimes"}, None),
         ({"env_kwargs": {"x": {"nested": "object"}}}, None),
     ],
 )
@@ -199,6 +201,13 @@ def test_bad_mode_and_policy_requests(service: TestClient, body: dict[str, Any],
         assert response.status_code == 422
     else:
         assert response.status_code == 400 and fragment in response.json()["detail"]
+
+
+def test_tie_break_reaches_the_algorithm(client: TestClient) -> None:
+    status = wait_for_job(client, train(client, model_name="ties", total_timesteps=400, tie_break="novelty"))
+    assert status["status"] == "completed", status
+    assert _hyperparameters_of(client, "ties")["tie_break"] == "novelty"
+    assert client.app.state.store.load("ties").model.tie_break == "novelty"
 
 
 def test_a_job_starts_from_a_saved_model_and_keeps_its_statistics(client: TestClient) -> None:
