@@ -205,6 +205,12 @@ CELLS: dict[str, Cell] = {
     "halfcheetah_preset_gae_0.8": Cell(
         "grpo", "HalfCheetah-v5", {"gae_lambda": 0.8}, "HalfCheetah at 1M: the preset with gae_lambda 0.8", 1_000_000
     ),
+    "halfcheetah_preset_epochs_5": Cell(
+        "grpo", "HalfCheetah-v5", {"n_epochs": 5}, "HalfCheetah at 1M: the preset with 5 epochs, not 10", 1_000_000
+    ),
+    "halfcheetah_preset_clip_0.1": Cell(
+        "grpo", "HalfCheetah-v5", {"clip_range": 0.1}, "HalfCheetah at 1M: the preset with clip range 0.1", 1_000_000
+    ),
     "hopper_gae_0.95": Cell(
         "grpo",
         "Hopper-v5",
