@@ -211,6 +211,34 @@ CELLS: dict[str, Cell] = {
     "halfcheetah_preset_clip_0.1": Cell(
         "grpo", "HalfCheetah-v5", {"clip_range": 0.1}, "HalfCheetah at 1M: the preset with clip range 0.1", 1_000_000
     ),
+    "halfcheetah_preset_log_std_-2": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"policy_kwargs": {"log_std_init": -2, "net_arch": [256, 256]}},
+        "HalfCheetah at 1M: the preset with initial action std 0.14 (the zoo's), not 0.37",
+        1_000_000,
+    ),
+    "halfcheetah_preset_log_std_-1.5": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"policy_kwargs": {"log_std_init": -1.5, "net_arch": [256, 256]}},
+        "HalfCheetah at 1M: the preset with initial action std 0.22, not 0.37",
+        1_000_000,
+    ),
+    "halfcheetah_preset_envs_2_group_2": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"n_envs": 2, "group_size": 2},
+        "HalfCheetah at 1M: the preset with 2 envs and groups of 2 (an update per 2,000 steps, not 4,000)",
+        1_000_000,
+    ),
+    "halfcheetah_preset_batch_1024": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"batch_size": 1024},
+        "HalfCheetah at 1M: the preset with minibatches of 1,024",
+        1_000_000,
+    ),
     "hopper_gae_0.95": Cell(
         "grpo",
         "Hopper-v5",
