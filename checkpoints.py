@@ -59,10 +59,12 @@ def training_state(model: GRPO) -> bytes:
     env = model.get_env()
     # No observation yet: the model was loaded on environments it never stepped, whose episodes are nobody's run.
     environments = _environments(env) if model._last_obs is not None else None
+    # Episode groups count the envs' steps to tell whether someone else moved them; branching has no such count.
+    counts_touches = environments is not None and getattr(model.groups, "schedule", None) is not None
     state = {
         "environments": environments,
         "rollout_buffer": model.rollout_buffer if environments is not None else None,
-        "env_touches": env.env_method("touch_count") if environments is not None else None,
+        "env_touches": env.env_method("touch_count") if counts_touches else None,
         "last_env_obs": model._last_env_obs,
         "ref_policy": model.ref_policy.state_dict() if model.ref_policy is not None else None,
         "random": (th.get_rng_state(), np.random.get_state(), random.getstate()),

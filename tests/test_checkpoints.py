@@ -88,6 +88,20 @@ def test_a_run_resumed_from_a_checkpoint_ends_where_the_uninterrupted_run_does(
         assert (resumed.get_vec_normalize_env().obs_rms.mean == straight.get_vec_normalize_env().obs_rms.mean).all()
 
 
+def test_a_branching_run_checkpoints_and_resumes_where_the_uninterrupted_run_ends(one_torch_thread: None) -> None:
+    # Branching forks its envs instead of seeding their resets: they count no touches, and saving must not ask.
+    settings = {**SETTINGS, "group_mode": "state", "lookahead": 2}
+    straight = GRPO("MlpPolicy", _env(False), **settings)
+    callback = CheckpointOnce(at=200)
+    straight.learn(600, callback=callback)
+    assert callback.checkpoint is not None
+
+    resumed = load_checkpoint(callback.checkpoint, device="cpu")
+    resumed.learn(600 - resumed.num_timesteps, reset_num_timesteps=False)
+    assert resumed.num_timesteps == straight.num_timesteps
+    assert th.equal(parameters(resumed), parameters(straight))
+
+
 def test_a_run_stopped_mid_rollout_resumes_exactly_and_a_plain_load_does_not(one_torch_thread: None) -> None:
     straight = GRPO("MlpPolicy", _env(False), **SETTINGS)
     straight.learn(TOTAL)

@@ -191,6 +191,8 @@ def test_env_kwargs_are_tried_at_submission_and_reach_the_environment(client: Te
         ({"advantage": "timestep", "gae_lambda": 0.9}, "advantage='nearest'"),
         ({"gae_lambda": 1.5}, None),
         ({"group_mode": "state", "tie_break": "novelty"}, "group_mode='episode'"),
+        # Acrobot's preset compares tied groups on novelty: asking it for branching says what else to change
+        ({"env_name": "Acrobot-v1", "group_mode": "state"}, "set tie_break='none'"),
         ({"tie_break": "sometimes"}, None),
         ({"env_kwargs": {"x": {"nested": "object"}}}, None),
     ],
@@ -201,6 +203,14 @@ def test_bad_mode_and_policy_requests(service: TestClient, body: dict[str, Any],
         assert response.status_code == 422
     else:
         assert response.status_code == 400 and fragment in response.json()["detail"]
+
+
+def test_a_branching_job_checkpoints_and_completes(client: TestClient) -> None:
+    # Checkpoints asked the envs for the touch counts that only episode groups keep: such a job failed at its first.
+    body = {"group_mode": "state", "lookahead": 2, "total_timesteps": 400, "checkpoint_interval": 64}
+    status = wait_for_job(client, train(client, model_name="branching", **body))
+    assert status["status"] == "completed", status
+    assert status["checkpoint_timesteps"] is not None
 
 
 def test_tie_break_reaches_the_algorithm(client: TestClient) -> None:
