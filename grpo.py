@@ -255,7 +255,10 @@ def _check_arguments(self: "GRPO") -> None:
     if self.tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
     if self.tie_break == "novelty" and self.group_mode == "state":
-        raise ValueError("tie_break='novelty' compares the states of episodes: it needs group_mode='episode'")
+        raise ValueError(
+            "tie_break='novelty' compares the states of episodes: it needs group_mode='episode' (set tie_break='none' "
+            "for group_mode='state')"
+        )
     if self.group_mode not in GROUP_MODES:
         raise ValueError(f"group_mode must be one of {GROUP_MODES}, got {self.group_mode!r}")
     if self.branch_interval < 1 or self.lookahead < 0:
