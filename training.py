@@ -286,9 +286,11 @@ def resolve_settings(request: TrainingSettings, preset: presets.Preset | None) -
     if sources["normalize"] == "preset":  # the zoo's forms: true, or VecNormalize's options as a dict or its text
         options = presets.normalize_options(values["normalize"])
         values["normalize"] = False if options is None else NormalizeOptions(**options)
-    if values["group_mode"] == "state" and sources["advantage"] != "request":
-        # A preset's advantage is for episode groups; branches are judged by their outcome, the only mode there.
-        values["advantage"], sources["advantage"] = "outcome", "default"
+    if values["group_mode"] == "state":
+        # A preset's advantage and tie-break are for episode groups; branches are judged by their outcome alone.
+        for name, default in (("advantage", "outcome"), ("tie_break", "none")):
+            if sources[name] != "request":
+                values[name], sources[name] = default, "default"
     for name, default in _grpo_defaults().items():  # show the value GRPO will use, not null
         if values.get(name) is None:
             values[name] = default
