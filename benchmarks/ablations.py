@@ -239,6 +239,20 @@ CELLS: dict[str, Cell] = {
         "HalfCheetah at 1M: the preset with minibatches of 1,024",
         1_000_000,
     ),
+    "halfcheetah_preset_clip_high_0.28": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"clip_range_high": 0.28},
+        "HalfCheetah at 1M: the preset with DAPO's clip-higher (upper clip 0.28)",
+        1_000_000,
+    ),
+    "halfcheetah_preset_envs_8_group_8": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"n_envs": 8, "group_size": 8},
+        "HalfCheetah at 1M: the preset with 8 envs and groups of 8 (an update per 8,000 steps, gamma 0.98 kept)",
+        1_000_000,
+    ),
     "hopper_gae_0.95": Cell(
         "grpo",
         "Hopper-v5",
