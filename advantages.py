@@ -198,12 +198,15 @@ def _nearest_of_other_episodes(
     observations: np.ndarray, episodes: np.ndarray, candidate: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """For every row, the ``k`` candidate rows of *other* episodes whose observations are nearest (Euclidean, each
-    dimension standardised over the rollout; fewer where fewer candidates lie outside some episode), and their
-    squared distances: two rows x k arrays."""
+    dimension standardised over the rollout; fewer where fewer candidates lie outside some episode, and every row a
+    candidate where none do), and their squared distances: two rows x k arrays."""
     flat = observations.reshape(len(observations), -1).astype(np.float64)
     z = (flat - flat.mean(axis=0)) / (flat.std(axis=0) + 1e-8)
     # As many neighbours as every row finds among the candidates outside its own episode.
-    neighbours = max(1, min(k, int(candidate.sum()) - int(np.bincount(episodes, weights=candidate).max())))
+    spare = int(candidate.sum()) - int(np.bincount(episodes, weights=candidate).max())
+    if spare < 1:  # the excluded rows are all there is: better them than none
+        candidate, spare = np.ones(len(episodes), dtype=bool), len(episodes) - int(np.bincount(episodes).max())
+    neighbours = max(1, min(k, spare))
     squared = (z**2).sum(axis=1)
     nearest = np.empty((len(z), neighbours), dtype=np.int64)
     distances = np.empty((len(z), neighbours))
@@ -246,8 +249,6 @@ def nearest_state_advantages(
     starts = _episode_starts(episodes)
     to_go = discounted_cumsum(rewards, starts, gamma)
     candidate = np.ones(len(episodes), dtype=bool) if exclude is None else ~exclude
-    if int(candidate.sum()) - int(np.bincount(episodes, weights=candidate).max()) < 1:
-        candidate = np.ones(len(episodes), dtype=bool)  # the excluded rows are all there is: better than none
     nearest, _ = _nearest_of_other_episodes(observations, episodes, candidate, k)
     base = to_go[nearest].mean(axis=1)
     if gae_lambda < 1.0:
