@@ -37,6 +37,8 @@ from advantages import (
     ADVANTAGE_FUNCTIONS,
     ADVANTAGE_MODES,
     BASELINES,
+    MAX_FIT_FEATURES,
+    NEAREST_FITS,
     SCALE_REWARDS,
     TIE_BREAKS,
     GroupStats,
@@ -58,6 +60,7 @@ __all__ = [  # GroupResetWrapper and GroupRolloutBuffer live beside, and are imp
     "BASELINES",
     "GROUP_MODES",
     "GRPO",
+    "NEAREST_FITS",
     "SCALE_REWARDS",
     "TIE_BREAKS",
     "GroupResetWrapper",
@@ -205,6 +208,7 @@ def compute_advantages(model: "GRPO", buffer: GroupRolloutBuffer) -> None:
     batch = (buffer.rewards, buffer.episodes, buffer.episode_groups, model.gamma, model.scale_rewards)
     cut = truncated_tail(buffer.episodes, buffer.truncated, model.gamma) if model.mask_truncated else None
     nearest = {"observations": buffer.observations, "exclude": cut, "gae_lambda": model.gae_lambda}
+    nearest["fit"] = model.nearest_fit
     states = nearest if model.advantage == "nearest" else {}
     advantages, stats = ADVANTAGE_FUNCTIONS[model.advantage](*batch, model.baseline, **states)
     if model.tie_break == "novelty":
@@ -252,6 +256,19 @@ def _check_arguments(self: "GRPO") -> None:
     for option, value in (("advantage", "nearest"), ("tie_break", "novelty")):
         if getattr(self, option) == value and isinstance(getattr(self, "observation_space", None), spaces.Dict):
             raise ValueError(f"{option}={value!r} compares observations as vectors: it needs a Box observation space")
+    if self.nearest_fit not in NEAREST_FITS:
+        raise ValueError(f"nearest_fit must be one of {NEAREST_FITS}, got {self.nearest_fit!r}")
+    if self.nearest_fit != "none" and self.advantage != "nearest":
+        raise ValueError(
+            f"nearest_fit={self.nearest_fit!r} corrects the nearest states' values: it needs advantage='nearest', "
+            f"got advantage={self.advantage!r}"
+        )
+    space = getattr(self, "observation_space", None)
+    if self.nearest_fit == "linear" and isinstance(space, spaces.Box) and int(np.prod(space.shape)) > MAX_FIT_FEATURES:
+        raise ValueError(
+            f"nearest_fit='linear' fits a weight per observation feature, at most {MAX_FIT_FEATURES}: got "
+            f"{int(np.prod(space.shape))} (images?); use nearest_fit='none'"
+        )
     if self.tie_break not in TIE_BREAKS:
         raise ValueError(f"tie_break must be one of {TIE_BREAKS}, got {self.tie_break!r}")
     if self.tie_break == "novelty" and self.group_mode == "state":
@@ -371,6 +388,9 @@ class GRPO(OnPolicyAlgorithm):
         ``"none"`` (Dr. GRPO); ``"timestep"`` divides by the spread of the members' returns, see advantages.py
     :param baseline: What a member is compared with: the group's ``"mean"`` (GRPO) or the mean of the other
         members, ``"leave_one_out"`` (RLOO)
+    :param nearest_fit: With ``advantage="nearest"``: ``"linear"`` carries each neighbour's return to the state it
+        values along a linear fit of the rollout's returns on the observations (fitted without that state's own
+        episode; HalfCheetah's preset); ``"none"`` averages the neighbours' returns as they are
     :param tie_break: What tells apart the members of a group whose advantages all come out 0 (their rewards tied,
         as a sparse reward's before the first success): ``"none"`` leaves them at 0; ``"novelty"`` compares them
         on how far their states lie from the rollout's other episodes' (k-NN novelty, Acrobot's preset)
@@ -430,6 +450,7 @@ class GRPO(OnPolicyAlgorithm):
         advantage: str | None = None,
         scale_rewards: str = "group",
         baseline: str = "mean",
+        nearest_fit: str = "none",
         tie_break: str = "none",
         dynamic_sampling: bool = False,
         proximal_policy: bool = False,
@@ -484,6 +505,7 @@ class GRPO(OnPolicyAlgorithm):
         self.advantage = advantage or default_advantage(group_mode)
         self.scale_rewards = scale_rewards
         self.baseline = baseline
+        self.nearest_fit = nearest_fit
         self.tie_break = tie_break
         self.dynamic_sampling = dynamic_sampling
         self.proximal_policy = proximal_policy

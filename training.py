@@ -33,7 +33,7 @@ import artifacts
 import checkpoints
 import presets
 from errors import UnknownEnvironment
-from grpo import ADVANTAGE_MODES, GROUP_MODES, GRPO, SCALE_REWARDS, TIE_BREAKS
+from grpo import ADVANTAGE_MODES, GROUP_MODES, GRPO, NEAREST_FITS, SCALE_REWARDS, TIE_BREAKS
 from records import JobRecord, MetricPoint, ModelName
 from rewards import REWARD_FUNCTIONS
 
@@ -59,6 +59,7 @@ GRPO_ARGUMENTS = frozenset(
         "lookahead",
         "mask_truncated",
         "tie_break",
+        "nearest_fit",
         "use_sde",
         "sde_sample_freq",
         "ref_update_interval",
@@ -210,6 +211,12 @@ class TrainingSettings(BaseModel):
         "a sparse reward's before the first success): 'none' leaves them at 0, 'novelty' compares how far their "
         "states lie from the other episodes' (Acrobot's preset)",
     )
+    nearest_fit: Literal[NEAREST_FITS] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="With advantage 'nearest': 'linear' carries each neighbour's return to the state it values along "
+        "a linear fit of the rollout's returns on the observations (HalfCheetah's preset); 'none' averages them as "
+        "they are",
+    )
     use_sde: bool | None = Field(None, description="Generalized State-Dependent Exploration (Box actions)")
     sde_sample_freq: int | None = Field(None, ge=-1, le=100_000, description="gSDE: new noise every this many steps")
     ref_update_interval: int | None = Field(
@@ -287,8 +294,8 @@ def resolve_settings(request: TrainingSettings, preset: presets.Preset | None) -
         options = presets.normalize_options(values["normalize"])
         values["normalize"] = False if options is None else NormalizeOptions(**options)
     if values["group_mode"] == "state":
-        # A preset's advantage and tie-break are for episode groups; branches are judged by their outcome alone.
-        for name, default in (("advantage", "outcome"), ("tie_break", "none")):
+        # A preset's advantage, its fit and tie-break are for episode groups; branches are judged by outcome alone.
+        for name, default in (("advantage", "outcome"), ("nearest_fit", "none"), ("tie_break", "none")):
             if sources[name] != "request":
                 values[name], sources[name] = default, "default"
     for name, default in _grpo_defaults().items():  # show the value GRPO will use, not null

@@ -246,6 +246,27 @@ CELLS: dict[str, Cell] = {
         "HalfCheetah at 1M: the preset with DAPO's clip-higher (upper clip 0.28)",
         1_000_000,
     ),
+    # Round five: the nearest states' values corrected along a linear fit of the rollout's returns (nearest_fit).
+    "halfcheetah_preset_nearest_fit_linear": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"nearest_fit": "linear"},
+        "HalfCheetah at 1M: the preset with the neighbours' returns carried along a linear fit (nearest_fit)",
+        1_000_000,
+    ),
+    "hopper_nearest_fit_linear": Cell(
+        "grpo", "Hopper-v5", {"nearest_fit": "linear"}, "Hopper at 1M: the preset with nearest_fit='linear'", 1_000_000
+    ),
+    "pendulum_nearest_fit_linear": Cell(
+        "grpo", "Pendulum-v1", {"nearest_fit": "linear"}, "Pendulum: the preset with nearest_fit='linear'", 100_000
+    ),
+    "lunarlander_nearest_fit_linear": Cell(
+        "grpo",
+        "LunarLander-v3",
+        {"nearest_fit": "linear"},
+        "LunarLander: the preset with nearest_fit='linear'",
+        1_000_000,
+    ),
     "halfcheetah_preset_envs_8_group_8": Cell(
         "grpo",
         "HalfCheetah-v5",

@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import VecNormalize
 
 import presets
 from advantages import (
+    discounted_cumsum,
     nearest_state_advantages,
     novelty,
     novelty_for_tied_groups,
@@ -271,6 +272,71 @@ def _dict_env() -> gym.Env:
     from stable_baselines3.common.envs import SimpleMultiObsEnv
 
     return SimpleMultiObsEnv(random_start=False)
+
+
+def test_linear_fit_carries_the_neighbours_returns_to_the_state_they_value():
+    # Returns-to-go exactly linear in the first observation dimension, the second is noise: the fit recovers the
+    # slope, so each step's value is its own return-to-go however far its neighbours lie, and every advantage is
+    # (close to) 0, where the plain neighbours' mean misses by the distance to them.
+    rng = np.random.default_rng(0)
+    episodes, groups = _episodes(30, 30, 30, 30), np.array([0, 0, 1, 1])
+    rewards = rng.normal(size=120)
+    to_go = discounted_cumsum(rewards, np.r_[True, episodes[1:] != episodes[:-1]], 0.9)
+    observations = np.c_[3.0 * to_go - 1.0, rng.normal(size=120)]
+    args = (rewards, episodes, groups, 0.9, "none")
+    plain, _ = nearest_state_advantages(*args, observations=observations, k=4)
+    fitted, _ = nearest_state_advantages(*args, observations=observations, k=4, fit="linear")
+    assert np.abs(plain).mean() > 0.1
+    np.testing.assert_allclose(fitted, 0.0, atol=0.01 * np.abs(plain).mean())
+    with pytest.raises(ValueError, match="fit must be one of"):
+        nearest_state_advantages(*args, observations=observations, fit="quadratic")
+
+
+def test_linear_fit_of_a_steps_value_never_sees_its_own_episode():
+    # Against a brute-force ridge regression per episode over the other episodes' rows, excluded rows left out.
+    rng = np.random.default_rng(1)
+    episodes = _episodes(12, 9, 15, 10)
+    rewards, observations = rng.normal(size=46), rng.normal(size=(46, 3))
+    exclude = rng.random(46) < 0.2
+    args = (rewards, episodes, np.zeros(4, dtype=int), 0.95, "none")
+    near = {"observations": observations, "k": 5, "exclude": exclude}
+    fitted = nearest_state_advantages(*args, **near, fit="linear")[0]
+    plain = nearest_state_advantages(*args, **near)[0]
+    z = (observations - observations.mean(axis=0)) / observations.std(axis=0)
+    to_go = discounted_cumsum(rewards, np.r_[True, episodes[1:] != episodes[:-1]], 0.95)
+    x = np.c_[z, np.ones(46)]
+    for episode in range(4):
+        rows = (episodes != episode) & ~exclude
+        penalty = 1e-3 * rows.sum() * np.diag([1.0, 1.0, 1.0, 0.0])
+        slopes = np.linalg.solve(x[rows].T @ x[rows] + penalty, x[rows].T @ to_go[rows])[:3]
+        own = episodes == episode
+        # plain advantage minus fitted one: the correction w . (s - mean of the neighbours' s), by the same k=5
+        nearest = np.argsort(
+            np.where(
+                (episodes[None] == episodes[own, None]) | exclude[None],
+                np.inf,
+                ((z[own, None] - z[None]) ** 2).sum(axis=2),
+            ),
+            axis=1,
+        )[:, :5]
+        correction = (z[own] - z[nearest].mean(axis=1)) @ slopes
+        np.testing.assert_allclose(plain[own] - fitted[own], correction, atol=1e-9)
+
+
+def test_nearest_fit_needs_the_nearest_states_and_few_features():
+    with pytest.raises(ValueError, match="advantage='nearest'"):
+        GRPO("MlpPolicy", "CartPole-v1", nearest_fit="linear")
+    with pytest.raises(ValueError, match="nearest_fit must be one of"):
+        GRPO("MlpPolicy", "CartPole-v1", advantage="nearest", nearest_fit="cubic")
+    images = IdentityEnvBox(low=0.0, high=1.0, ep_length=10)
+    images.observation_space = gym.spaces.Box(0.0, 1.0, (20, 20))
+    with pytest.raises(ValueError, match="at most 256"):
+        GRPO("MlpPolicy", images, advantage="nearest", nearest_fit="linear")
+    model = GRPO(
+        "MlpPolicy", "Pendulum-v1", advantage="nearest", nearest_fit="linear", seed=0, **{**TINY, "n_steps": 200}
+    )
+    model.learn(800)
+    assert model._n_updates > 0
 
 
 def test_truncated_tail_is_the_steps_whose_return_the_time_limit_cut():
