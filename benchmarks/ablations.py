@@ -247,11 +247,20 @@ CELLS: dict[str, Cell] = {
         1_000_000,
     ),
     # Round five: the nearest states' values corrected along a linear fit of the rollout's returns (nearest_fit).
+    # The fit went into HalfCheetah's preset, so the first cell now trains the preset as it stands and the second
+    # round four's preset, the row it is compared with.
     "halfcheetah_preset_nearest_fit_linear": Cell(
         "grpo",
         "HalfCheetah-v5",
         {"nearest_fit": "linear"},
         "HalfCheetah at 1M: the preset with the neighbours' returns carried along a linear fit (nearest_fit)",
+        1_000_000,
+    ),
+    "halfcheetah_preset_nearest_fit_none": Cell(
+        "grpo",
+        "HalfCheetah-v5",
+        {"nearest_fit": "none"},
+        "HalfCheetah at 1M: round four's preset, the neighbours' plain mean (nearest_fit='none')",
         1_000_000,
     ),
     "hopper_nearest_fit_linear": Cell(

@@ -17,6 +17,7 @@ import presets
 from api import create_app
 from grpo import GRPO
 from settings import Settings
+from training import TrainingSettings, resolve_settings
 
 PENDULUM_OBS = [[1.0, 0.0, 0.5], [0.0, 1.0, -3.0], [-0.7, 0.7, 7.5]]
 # Pendulum's episodes are 200 steps: groups of 2 on one env complete every 400 steps.
@@ -192,6 +193,8 @@ def test_env_kwargs_are_tried_at_submission_and_reach_the_environment(client: Te
         ({"gae_lambda": 1.5}, None),
         ({"group_mode": "state", "tie_break": "novelty"}, "group_mode='episode'"),
         ({"tie_break": "sometimes"}, None),
+        ({"advantage": "timestep", "nearest_fit": "linear"}, "advantage='nearest'"),
+        ({"advantage": "nearest", "nearest_fit": "cubic"}, None),
         ({"env_kwargs": {"x": {"nested": "object"}}}, None),
     ],
 )
@@ -221,6 +224,19 @@ def test_tie_break_reaches_the_algorithm(client: TestClient) -> None:
     assert response.status_code == 200, response.text
     config = response.json()["config"]
     assert (config["tie_break"], config["sources"]["tie_break"]) == ("none", "default")
+
+
+def test_nearest_fit_reaches_the_algorithm_and_branching_drops_the_presets(client: TestClient) -> None:
+    body = {"model_name": "fitted", "total_timesteps": 400, "advantage": "nearest", "nearest_fit": "linear"}
+    status = wait_for_job(client, train(client, **body))
+    assert status["status"] == "completed", status
+    assert client.app.state.store.load("fitted").model.nearest_fit == "linear"
+    # HalfCheetah's preset fits the nearest states' values, which branching (judged by outcome) does not use
+    request = TrainingSettings(env_name="HalfCheetah-v5", group_mode="state")
+    values, sources = resolve_settings(request, presets.load("HalfCheetah-v5"))
+    assert (values["nearest_fit"], sources["nearest_fit"], values["advantage"]) == ("none", "default", "outcome")
+    values, sources = resolve_settings(TrainingSettings(env_name="HalfCheetah-v5"), presets.load("HalfCheetah-v5"))
+    assert (values["nearest_fit"], sources["nearest_fit"]) == ("linear", "preset")
 
 
 def test_a_job_starts_from_a_saved_model_and_keeps_its_statistics(client: TestClient) -> None:
